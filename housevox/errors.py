@@ -1,0 +1,28 @@
+"""User-facing errors: one line, the file or field named, a non-zero exit, no traceback."""
+
+import sys
+from collections.abc import Callable, Sequence
+
+
+class HousevoxError(Exception):
+    """A problem with the user's input that they can fix; printed as one line."""
+
+    exit_code = 1
+
+
+class UsageError(HousevoxError):
+    """Bad command-line input (missing path, empty folder): exit 2 like argparse."""
+
+    exit_code = 2
+
+
+def run_cli(main: Callable[[Sequence[str] | None], int | None], argv: Sequence[str] | None = None) -> int:
+    """Run a CLI entry point, turning housevox errors and Ctrl-C into one line and an exit code."""
+    try:
+        return main(argv) or 0
+    except HousevoxError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return exc.exit_code
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
