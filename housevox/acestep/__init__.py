@@ -1,0 +1,24 @@
+"""Everything that knows ACE-Step v1.5: checkpoint layout, networks, conditioning, objective, sampler."""
+
+from housevox.acestep.checkpoint import CheckpointFolder, locate_checkpoint
+from housevox.acestep.config import AceStepConfig
+from housevox.acestep.loading import (
+    load_condition_encoder,
+    load_dit,
+    load_silence_latent,
+    load_text_encoder,
+    load_vae,
+    open_checkpoint,
+)
+
+__all__ = [
+    "AceStepConfig",
+    "CheckpointFolder",
+    "load_condition_encoder",
+    "load_dit",
+    "load_silence_latent",
+    "load_text_encoder",
+    "load_vae",
+    "locate_checkpoint",
+    "open_checkpoint",
+]

@@ -1,0 +1,249 @@
+"""Find and read ACE-Step v1.5 checkpoint folders, strictly and lazily.
+
+Two layouts load: upstream's original one (`config.json`, `model*.safetensors`,
+`silence_latent.pt`, sibling `vae/` and `Qwen3-Embedding-0.6B/`) and diffusers'
+(`model_index.json` with `transformer/`, `condition_encoder/`, ...). Modules are
+built on the meta device and filled shard by shard straight into the target dtype,
+so peak RAM stays near one copy of the weights.
+"""
+
+import json
+import re
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from safetensors import SafetensorError, safe_open
+from torch import nn
+
+from housevox.acestep.config import AceStepConfig
+from housevox.errors import HousevoxError
+
+TEXT_ENCODER_DIRNAME = "Qwen3-Embedding-0.6B"
+SKIPPED_PREFIXES = ("tokenizer.", "detokenizer.")  # the audio tokenizer: not used for text-to-music LoRA
+
+_ATTN_RENAMES = (
+    (re.compile(r"\.q_proj\."), ".to_q."),
+    (re.compile(r"\.k_proj\."), ".to_k."),
+    (re.compile(r"\.v_proj\."), ".to_v."),
+    (re.compile(r"\.o_proj\."), ".to_out.0."),
+    (re.compile(r"\.q_norm\."), ".norm_q."),
+    (re.compile(r"\.k_norm\."), ".norm_k."),
+)
+
+
+def convert_upstream_key(key: str) -> tuple[str, str] | None:
+    """Map an upstream key to (part, diffusers key); None for keys housevox knowingly skips."""
+    if key.startswith(SKIPPED_PREFIXES):
+        return None
+    if key == "null_condition_emb":
+        return "condition_encoder", key
+    part, sep, rest = key.partition(".")
+    if not sep or part not in ("decoder", "encoder"):
+        return "unknown", key
+    for pattern, repl in _ATTN_RENAMES:
+        rest = pattern.sub(repl, rest)
+    if part == "decoder":
+        rest = rest.replace("proj_in.1.", "proj_in_conv.").replace("proj_out.1.", "proj_out_conv.")
+        return "dit", rest
+    return "condition_encoder", rest
+
+
+@dataclass(frozen=True)
+class WeightSet:
+    """The safetensors files of one part and the key each tensor gets in the module."""
+
+    files: tuple[Path, ...]
+    convert: Callable[[str], tuple[str, str] | None]
+
+    def keys_by_file(self) -> dict[Path, list[str]]:
+        out = {}
+        for path in self.files:
+            try:
+                with safe_open(path, "pt") as fh:
+                    out[path] = list(fh.keys())
+            except (SafetensorError, OSError, ValueError) as exc:
+                raise HousevoxError(f"{path}: unreadable safetensors file ({_short(exc)})") from None
+        return out
+
+
+@dataclass(frozen=True)
+class CheckpointFolder:
+    """Where every piece of one checkpoint lives."""
+
+    root: Path
+    layout: str  # "original" | "diffusers"
+    config: AceStepConfig
+    dit: WeightSet
+    condition_encoder: WeightSet
+    silence_latent_path: Path | None
+    vae_dir: Path | None
+    text_encoder_dir: Path | None
+    tokenizer_dir: Path | None
+
+    @property
+    def identity(self) -> str:
+        """A cheap fingerprint of the weights (names, sizes, mtimes) for cache keys."""
+        parts = [self.layout]
+        for path in sorted({*self.dit.files, *self.condition_encoder.files}):
+            stat = path.stat()
+            parts.append(f"{path.name}:{stat.st_size}:{int(stat.st_mtime)}")
+        return "|".join(parts)
+
+
+def _short(exc: Exception) -> str:
+    return str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+
+
+def _read_json(path: Path) -> dict:
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise HousevoxError(f"{path}: unreadable JSON ({_short(exc)})") from None
+
+
+def _weight_files(folder: Path, stem: str) -> tuple[Path, ...]:
+    """Single `stem.safetensors`, or the shards its `stem.safetensors.index.json` lists (all must exist)."""
+    index = folder / f"{stem}.safetensors.index.json"
+    if index.is_file():
+        weight_map = _read_json(index).get("weight_map")
+        if not isinstance(weight_map, dict) or not weight_map:
+            raise HousevoxError(f"{index}: no weight_map")
+        shards = tuple(folder / name for name in sorted(set(weight_map.values())))
+        missing = [p.name for p in shards if not p.is_file()]
+        if missing:
+            raise HousevoxError(f"{index}: missing shard {', '.join(missing)}")
+        return shards
+    single = folder / f"{stem}.safetensors"
+    if single.is_file():
+        return (single,)
+    raise HousevoxError(f"{folder}: no {stem}.safetensors or {stem}.safetensors.index.json")
+
+
+def _find_sibling(root: Path, name: str) -> Path | None:
+    for candidate in (root / name, root.parent / name):
+        if candidate.is_dir():
+            return candidate
+    return None
+
+
+def locate_checkpoint(path: str | Path) -> CheckpointFolder:
+    """Work out the layout of `path` and where its parts are; errors name what is wrong."""
+    root = Path(path).expanduser()
+    if not root.exists():
+        raise HousevoxError(f"{root}: checkpoint folder does not exist")
+    if not root.is_dir():
+        raise HousevoxError(f"{root}: not a folder (give the checkpoint folder, e.g. acestep-v15-xl-base/)")
+    if (root / "model_index.json").is_file():
+        return _locate_diffusers(root)
+    if (root / "config.json").is_file():
+        return _locate_original(root)
+    raise HousevoxError(f"{root}: not an ACE-Step v1.5 checkpoint (no config.json or model_index.json)")
+
+
+def _locate_original(root: Path) -> CheckpointFolder:
+    raw = _read_json(root / "config.json")
+    if raw.get("model_type") not in (None, "acestep") and "hidden_size" not in raw:
+        raise HousevoxError(f"{root / 'config.json'}: model_type {raw.get('model_type')!r} is not ACE-Step")
+    config = AceStepConfig.from_upstream(raw, source=str(root / "config.json"))
+    files = _weight_files(root, "model")
+    silence = root / "silence_latent.pt"
+    text_dir = _find_sibling(root, TEXT_ENCODER_DIRNAME)
+    return CheckpointFolder(
+        root=root, layout="original", config=config,
+        dit=WeightSet(files, convert_upstream_key), condition_encoder=WeightSet(files, convert_upstream_key),
+        silence_latent_path=silence if silence.is_file() else None,
+        vae_dir=_find_sibling(root, "vae"), text_encoder_dir=text_dir, tokenizer_dir=text_dir,
+    )
+
+
+def _locate_diffusers(root: Path) -> CheckpointFolder:
+    index = _read_json(root / "model_index.json")
+    for part in ("transformer", "condition_encoder"):
+        if part not in index or not (root / part).is_dir():
+            raise HousevoxError(f"{root / 'model_index.json'}: no {part}/ folder")
+    dit_cfg = _read_json(root / "transformer" / "config.json")
+    enc_cfg = _read_json(root / "condition_encoder" / "config.json")
+    raw = {k: v for k, v in dit_cfg.items() if not k.startswith("_")}
+    if raw.get("encoder_hidden_size") is None:
+        raw.pop("encoder_hidden_size", None)
+    else:
+        raw.update(
+            encoder_intermediate_size=enc_cfg.get("intermediate_size"),
+            encoder_num_attention_heads=enc_cfg.get("num_attention_heads"),
+            encoder_num_key_value_heads=enc_cfg.get("num_key_value_heads"),
+        )
+    for key in ("text_hidden_dim", "timbre_hidden_dim", "num_lyric_encoder_hidden_layers", "num_timbre_encoder_hidden_layers"):
+        if key in enc_cfg:
+            raw[key] = enc_cfg[key]
+    config = AceStepConfig.from_upstream(raw, source=str(root / "transformer" / "config.json"))
+
+    def part(name: str) -> WeightSet:
+        return WeightSet(_weight_files(root / name, "diffusion_pytorch_model"), lambda k, n=name: (n, k))
+
+    return CheckpointFolder(
+        root=root, layout="diffusers", config=config,
+        dit=WeightSet(part("transformer").files, lambda k: ("dit", k)),
+        # The silence latent is a buffer of any length T here; loading.py reads it on its own.
+        condition_encoder=WeightSet(
+            part("condition_encoder").files, lambda k: None if k == "silence_latent" else ("condition_encoder", k)
+        ),
+        silence_latent_path=None,
+        vae_dir=root / "vae" if (root / "vae").is_dir() else None,
+        text_encoder_dir=root / "text_encoder" if (root / "text_encoder").is_dir() else None,
+        tokenizer_dir=root / "tokenizer" if (root / "tokenizer").is_dir() else None,
+    )
+
+
+def expected_shapes(module: nn.Module, exclude: Iterable[str] = ()) -> dict[str, tuple[int, ...]]:
+    skip = set(exclude)
+    return {k: tuple(v.shape) for k, v in module.state_dict(keep_vars=True).items() if k not in skip}
+
+
+def check_keys(ws: WeightSet, wanted: dict[str, dict[str, tuple[int, ...]]]) -> list[str]:
+    """Every file key must map to a known part with the right shape, and every wanted key must exist.
+
+    `wanted` maps part name → {key: shape}. Returns problems as one-line strings.
+    """
+    problems, seen = [], {part: set() for part in wanted}
+    for path, keys in ws.keys_by_file().items():
+        with safe_open(path, "pt") as fh:
+            for key in keys:
+                target = ws.convert(key)
+                if target is None:
+                    continue
+                part, new_key = target
+                if part not in wanted or new_key not in wanted[part]:
+                    problems.append(f"{path.name}: unexpected key {key}")
+                    continue
+                shape = tuple(fh.get_slice(key).get_shape())
+                if shape != wanted[part][new_key]:
+                    problems.append(f"{path.name}: {key} has shape {list(shape)}, expected {list(wanted[part][new_key])}")
+                seen[part].add(new_key)
+    for part, keys in wanted.items():
+        for key in sorted(set(keys) - seen[part]):
+            problems.append(f"{ws.files[0].parent}: missing key for {part}: {key}")
+    return problems
+
+
+def load_part(module: nn.Module, ws: WeightSet, part: str, dtype: torch.dtype, device, exclude: Iterable[str] = ()) -> None:
+    """Fill a meta-device `module` with the tensors of `part`, one shard at a time."""
+    for path, keys in ws.keys_by_file().items():
+        batch = {}
+        try:
+            with safe_open(path, "pt", device="cpu") as fh:
+                for key in keys:
+                    target = ws.convert(key)
+                    if target is not None and target[0] == part:
+                        tensor = fh.get_tensor(key)
+                        if tensor.is_floating_point():
+                            tensor = tensor.to(dtype)
+                        batch[target[1]] = tensor.to(device)
+        except (SafetensorError, OSError, RuntimeError) as exc:
+            raise HousevoxError(f"{path}: cannot read tensors, the file may be truncated ({_short(exc)})") from None
+        if batch:
+            module.load_state_dict(batch, strict=False, assign=True)
+    leftover = [n for n, t in [*module.named_parameters(), *module.named_buffers()] if t.is_meta and n not in set(exclude)]
+    if leftover:
+        raise HousevoxError(f"{ws.files[0].parent}: no weights for {part} key {leftover[0]}")

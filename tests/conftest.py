@@ -1,0 +1,26 @@
+"""Shared fixtures: tiny checkpoints written by housevox's own fixture maker (no downloads)."""
+
+import os
+from pathlib import Path
+
+import pytest
+import torch
+
+from housevox.acestep.fixture import make_fixture
+
+torch.set_num_threads(min(2, os.cpu_count() or 1))
+
+UPSTREAM_TINY = Path(__file__).resolve().parents[2] / "shared" / "fixtures" / "upstream_tinyA"
+
+
+@pytest.fixture(scope="session")
+def tiny_checkpoint(tmp_path_factory) -> Path:
+    """A tiny XL-layout checkpoint with vae/ and text encoder, sharded like upstream."""
+    return make_fixture(tmp_path_factory.mktemp("ckpt") / "acestep-v15-tiny", preset="tiny", seed=0)
+
+
+@pytest.fixture(scope="session")
+def upstream_tiny() -> Path:
+    if not UPSTREAM_TINY.is_dir():
+        pytest.skip(f"{UPSTREAM_TINY} not present")
+    return UPSTREAM_TINY
