@@ -25,7 +25,7 @@ SILENCE_BUFFER = "silence_latent"
 
 def open_checkpoint(checkpoint_dir: str | Path) -> CheckpointFolder:
     """Locate a checkpoint and check every DiT/encoder key name and shape from the headers alone."""
-    ckpt = checkpoint_dir if isinstance(checkpoint_dir, CheckpointFolder) else locate_checkpoint(checkpoint_dir)
+    ckpt = locate_checkpoint(checkpoint_dir)
     problems = validate_checkpoint(ckpt)
     if problems:
         more = f" (and {len(problems) - 1} more)" if len(problems) > 1 else ""
@@ -50,7 +50,7 @@ def load_dit(checkpoint_dir, dtype: torch.dtype = torch.float32, device="cpu") -
 
 def load_silence_latent(checkpoint_dir) -> torch.Tensor:
     """The encoded-silence latent as [1, T, 64] (upstream stores [1, 64, T])."""
-    ckpt = checkpoint_dir if isinstance(checkpoint_dir, CheckpointFolder) else locate_checkpoint(checkpoint_dir)
+    ckpt = locate_checkpoint(checkpoint_dir)
     if ckpt.layout == "diffusers":
         return _diffusers_silence_latent(ckpt)
     path = ckpt.silence_latent_path

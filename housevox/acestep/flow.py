@@ -1,0 +1,52 @@
+"""Flow matching for ACE-Step base models: pure functions for training and sampling.
+
+x_t = t·noise + (1 − t)·x0 and the DiT predicts the velocity noise − x0; t = 1 is
+pure noise, t = 0 the clean latent.
+"""
+
+from collections.abc import Callable
+
+import torch
+import torch.nn.functional as F
+
+
+def sample_timesteps(batch: int, mu: float, sigma: float, generator: torch.Generator | None = None,
+                     device=None) -> torch.Tensor:
+    """Logit-normal t = sigmoid(N(mu, sigma)): most training signal at mid noise levels."""
+    normal = torch.randn(batch, generator=generator, device=generator.device if generator else device)
+    return torch.sigmoid(normal * sigma + mu).to(device)
+
+
+def noisy_latents(x0: torch.Tensor, noise: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+    t = t.view(-1, *([1] * (x0.ndim - 1))).to(x0.dtype)
+    return t * noise + (1 - t) * x0
+
+
+def velocity_target(x0: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
+    return noise - x0
+
+
+def flow_loss(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    return F.mse_loss(pred.float(), target.float())
+
+
+def shifted_timesteps(steps: int, shift: float = 1.0, device=None) -> torch.Tensor:
+    """linspace(1, 0, steps + 1) warped by t' = s·t / (1 + (s − 1)·t): shift > 1 spends more steps at high noise."""
+    t = torch.linspace(1.0, 0.0, steps + 1, device=device)
+    return shift * t / (1 + (shift - 1) * t)
+
+
+def euler_sample(velocity: Callable[[torch.Tensor, torch.Tensor], torch.Tensor], noise: torch.Tensor,
+                 steps: int, shift: float = 1.0) -> torch.Tensor:
+    """Integrate dx/dt = v from t = 1 (noise) to t = 0; `velocity(x, t)` takes t as a [B] tensor."""
+    grid = shifted_timesteps(steps, shift, device=noise.device)
+    x = noise
+    for t_cur, t_next in zip(grid[:-1], grid[1:]):
+        v = velocity(x, t_cur.expand(x.shape[0]))
+        x = x - v * (t_cur - t_next)
+    return x
+
+
+def classifier_free_guidance(cond: torch.Tensor, uncond: torch.Tensor, scale: float) -> torch.Tensor:
+    """Plain CFG (upstream defaults to APG; this is the textbook form): uncond + s·(cond − uncond)."""
+    return uncond + scale * (cond - uncond)

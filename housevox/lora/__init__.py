@@ -1,0 +1,30 @@
+"""LoRA for the ACE-Step DiT: which modules get adapters, the three file layouts, and the run lint."""
+
+from housevox.lora.formats import (
+    LoRAFile,
+    LoRAWeights,
+    extract_lora,
+    load_lora_into,
+    open_lora,
+    read_lora,
+    write_comfyui_file,
+    write_diffusers_file,
+    write_peft_folder,
+)
+from housevox.lora.lint import lint_notes, lint_run
+from housevox.lora.targets import (
+    ORIGINAL_TO_DIFFUSERS,
+    LoRASettings,
+    TargetPlan,
+    apply_lora,
+    resolve_targets,
+    set_lora_scale,
+    to_diffusers_path,
+    to_original_path,
+)
+
+__all__ = [
+    "ORIGINAL_TO_DIFFUSERS", "LoRAFile", "LoRASettings", "LoRAWeights", "TargetPlan", "apply_lora", "extract_lora",
+    "lint_notes", "lint_run", "load_lora_into", "open_lora", "read_lora", "resolve_targets", "set_lora_scale",
+    "to_diffusers_path", "to_original_path", "write_comfyui_file", "write_diffusers_file", "write_peft_folder",
+]

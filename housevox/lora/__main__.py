@@ -1,0 +1,154 @@
+"""`python -m housevox.lora inspect|lint|convert`: look at, check and convert LoRA files without a GPU."""
+
+import argparse
+import json
+import math
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+import torch
+import yaml
+
+from housevox.errors import HousevoxError, UsageError, run_cli
+
+DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
+_LORA_FIELDS = ("rank", "alpha", "dropout", "target_modules_str", "attention_type", "bias")
+_SEED_NAMES = {"epochs": "max_epochs", "gradient_accumulation": "accumulate_grad_batches"}
+DEFAULT_CFG_RATIO = 0.15  # assumed when a config does not say (the usual base-model value)
+
+
+def _section(cfg: dict, name: str) -> dict:
+    """A LightningCLI section; `class_path`/`init_args` form is unwrapped."""
+    sec = cfg.get(name) or {}
+    return {**sec, **(sec.get("init_args") or {})} if isinstance(sec, dict) else {}
+
+
+def load_run_config(path: Path) -> dict:
+    """Flatten a LightningCLI YAML or the seed's flat JSON into one dict of the fields lint needs."""
+    try:
+        text = path.read_text()
+    except OSError as exc:
+        raise UsageError(f"{path}: cannot read config ({exc.strerror or exc})") from None
+    try:
+        raw = json.loads(text) if path.suffix == ".json" else yaml.safe_load(text)
+    except (ValueError, yaml.YAMLError) as exc:
+        kind = "JSON" if path.suffix == ".json" else "YAML"
+        raise UsageError(f"{path}: not valid {kind} ({str(exc).splitlines()[0]})") from None
+    if not isinstance(raw, dict):
+        raise UsageError(f"{path}: expected a mapping of settings at the top level")
+    if any(k in raw for k in ("model", "trainer", "data")):
+        return {**_section(raw, "data"), **_section(raw, "trainer"), **_section(raw, "model")}
+    return {_SEED_NAMES.get(k, k): v for k, v in raw.items()}
+
+
+def _build_model(checkpoint_dir):
+    """The DiT for the run's checkpoint on the meta device (XL when no config.json is found) and a note."""
+    from housevox.acestep.config import AceStepConfig
+    from housevox.acestep.modules import build_dit
+    from housevox.acestep.presets import PRESETS
+
+    config_file = Path(checkpoint_dir) / "config.json" if checkpoint_dir else None
+    if config_file and config_file.is_file():
+        try:
+            cfg = AceStepConfig.from_upstream(json.loads(config_file.read_text()), str(config_file))
+        except ValueError as exc:
+            raise UsageError(f"{config_file}: not valid JSON ({exc})") from None
+        note = f"model: {cfg.variant} from {config_file}"
+    else:
+        cfg = AceStepConfig.from_upstream(PRESETS["xl"])
+        where = f"model.checkpoint_dir {checkpoint_dir} has no config.json" if checkpoint_dir else "no model.checkpoint_dir"
+        note = f"model: {where}; assuming ACE-Step v1.5 XL base"
+    return build_dit(cfg, device="meta"), cfg.model_version if not cfg.is_turbo else "turbo", note
+
+
+def total_optimizer_steps(run: dict) -> int | None:
+    """Optimizer steps of the run from the segments manifest, or None when it cannot be known yet."""
+    segments_dir, epochs = run.get("segments_dir"), run.get("max_epochs")
+    manifest = Path(segments_dir) / "manifest.jsonl" if segments_dir else None
+    if manifest is None or not manifest.is_file() or not epochs:
+        return None
+    with open(manifest) as fh:
+        segments = sum(1 for line in fh if line.strip())
+    batches = math.ceil(segments / int(run.get("batch_size") or 1))
+    return math.ceil(batches / int(run.get("accumulate_grad_batches") or 1)) * int(epochs)
+
+
+def cmd_lint(args) -> int:
+    from housevox.lora.lint import lint_notes, lint_run
+    from housevox.lora.targets import LoRASettings, resolve_targets
+
+    path = Path(args.config)
+    run = load_run_config(path)
+    try:
+        settings = LoRASettings(**{k: run[k] for k in _LORA_FIELDS if k in run})
+        numbers = dict(
+            cfg_ratio=float(run.get("cfg_ratio", DEFAULT_CFG_RATIO)),
+            warmup_steps=int(run.get("warmup_steps") or 0),
+            num_cycles=int(run.get("num_cycles") or 4),
+            cycle_steps=int(run["cycle_steps"]) if run.get("cycle_steps") else None,
+        )
+    except (TypeError, ValueError) as exc:
+        raise UsageError(f"{path}: bad value ({exc})") from None
+    except HousevoxError as exc:
+        raise UsageError(f"{path}: {exc}") from None
+    dit, model_version, model_note = _build_model(run.get("checkpoint_dir"))
+    plan = resolve_targets(dit, settings)
+    total = total_optimizer_steps(run)
+    warnings = lint_run(
+        settings, model_version=model_version, total_steps=total, plan=plan,
+        save_dtype=DTYPES[args.lora_dtype], scheduler_type=run.get("scheduler_type", "cosine_restarts"), **numbers,
+    )
+    for line in [model_note, *lint_notes(settings, plan=plan, total_steps=total, save_dtype=DTYPES[args.lora_dtype])]:
+        print(f"note: {line}")
+    for line in warnings:
+        print(f"warning: {line}")
+    print(f"{path}: {len(warnings)} warning{'s' if len(warnings) != 1 else ''}")
+    return 0
+
+
+def cmd_inspect(args) -> int:
+    from housevox.lora.formats import open_lora
+    from housevox.lora.inspect import describe
+
+    print("\n".join(describe(open_lora(args.path))))
+    return 0
+
+
+def cmd_convert(args) -> int:
+    from housevox.lora.formats import read_lora, write_comfyui_file, write_diffusers_file, write_peft_folder
+
+    weights = read_lora(args.src)
+    dtype = DTYPES[args.lora_dtype] if args.lora_dtype else next(iter(weights.modules.values()))[0].dtype
+    writer = {"peft": write_peft_folder, "comfyui": write_comfyui_file, "diffusers": write_diffusers_file}[args.to]
+    out = writer(args.out, weights.to(dtype), dtype=dtype)
+    print(f"wrote {out} ({args.to}, {len(weights.modules)} modules, {str(dtype).removeprefix('torch.')})")
+    return 0
+
+
+def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="python -m housevox.lora", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+    p = sub.add_parser("inspect", help="format, ranks, alphas, modules, parameters and the file-size arithmetic")
+    p.add_argument("path", help="LoRA .safetensors file or PEFT adapter folder")
+    p.set_defaults(func=cmd_inspect)
+    p = sub.add_parser("lint", help="warn about a run config before training (alpha/rank, targets, CFG, schedule)")
+    p.add_argument("--config", required=True, help="LightningCLI YAML or the seed's flat JSON")
+    p.add_argument("--lora-dtype", choices=DTYPES, default="bf16", help="dtype the LoRA files will be saved in")
+    p.set_defaults(func=cmd_lint)
+    p = sub.add_parser("convert", help="rewrite a LoRA in another layout, losslessly")
+    p.add_argument("src", help="LoRA file or PEFT folder (any of the three layouts)")
+    p.add_argument("--to", required=True, choices=("peft", "comfyui", "diffusers"))
+    p.add_argument("--out", required=True, help="output folder (peft) or .safetensors file")
+    p.add_argument("--lora-dtype", choices=DTYPES, default=None, help="default: keep the source dtype")
+    p.set_defaults(func=cmd_convert)
+    return parser.parse_args(argv)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = parse_args(argv)
+    return args.func(args)
+
+
+if __name__ == "__main__":
+    sys.exit(run_cli(main))

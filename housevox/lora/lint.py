@@ -1,0 +1,102 @@
+"""Warnings about a LoRA run's settings, before any GPU time is spent.
+
+The seed's V1 run trained at alpha 6 with rank 128 (update scale 0.047) and blamed
+the file size; its targets named modules ACE-Step does not have. Both are visible
+from the config alone, as are a few schedule mistakes.
+"""
+
+import math
+
+import torch
+
+from housevox.lora.targets import ORIGINAL_TO_DIFFUSERS, LoRASettings, TargetPlan
+
+_WEAK_OR_STRONG = 4.0  # alpha/r this far from 1 (either way) is almost always a typo
+
+
+def size_mb(params: int, dtype: torch.dtype) -> float:
+    """LoRA file size in MB (10^6 bytes), headers aside."""
+    return params * torch.empty((), dtype=dtype).element_size() / 1e6
+
+
+def restart_steps(warmup_steps: int, total_steps: int, num_cycles: int, cycle_steps: int | None) -> list[int]:
+    """Optimizer steps at which cosine-with-restarts jumps back to peak lr (after warmup)."""
+    cycle = cycle_steps or (total_steps - warmup_steps) / max(num_cycles, 1)
+    if cycle <= 0:
+        return []
+    count = math.ceil((total_steps - warmup_steps) / cycle)
+    return [round(warmup_steps + k * cycle) for k in range(1, count) if warmup_steps + k * cycle < total_steps]
+
+
+def lint_run(
+    settings: LoRASettings,
+    *,
+    cfg_ratio: float,
+    model_version: str,
+    warmup_steps: int,
+    total_steps: int | None,
+    num_cycles: int,
+    cycle_steps: int | None,
+    plan: TargetPlan | None,
+    save_dtype: torch.dtype = torch.bfloat16,
+    scheduler_type: str = "cosine_restarts",
+) -> list[str]:
+    """Human-readable warnings; an empty list means nothing looks wrong."""
+    warnings = []
+    r, alpha = settings.rank, settings.alpha
+    ratio = settings.scale
+    if ratio <= 1 / _WEAK_OR_STRONG or ratio >= _WEAK_OR_STRONG:
+        factor, direction = (1 / ratio, "weaker") if ratio < 1 else (ratio, "stronger")
+        warnings.append(
+            f"alpha {alpha:g} with rank {r}: scale alpha/r = {alpha:g}/{r} = {ratio:.3f}, so every LoRA update is "
+            f"~{factor:.0f}x {direction} than with alpha = rank ({r}). alpha changes only this strength, never the "
+            f"file size or capacity; set alpha: {r} for scale 1.0 (the seed's V1 vs V2)"
+        )
+    unmatched = plan.unmatched_names if plan else [n for n in settings.target_names if n not in ORIGINAL_TO_DIFFUSERS]
+    if unmatched:
+        warnings.append(
+            f"target names {', '.join(unmatched)} match no module in ACE-Step v1.5 and will be ignored "
+            f"(known: {' '.join(ORIGINAL_TO_DIFFUSERS)})"
+        )
+    if plan is not None and not plan.module_paths:
+        warnings.append(f"target_modules_str {settings.target_modules_str!r} adapts nothing: training would fail")
+    if cfg_ratio == 0 and model_version != "turbo":
+        warnings.append(
+            f"cfg_ratio 0 on a {model_version} model: the LoRA never trains the null condition, so CFG at inference "
+            "(3.5-7) has nothing to contrast the LoRA's style against; base models are usually trained with 0.15"
+        )
+    if total_steps is not None:
+        if warmup_steps >= total_steps:
+            warnings.append(
+                f"warmup_steps {warmup_steps} >= the run's {total_steps} optimizer steps: the learning rate never "
+                "reaches its peak"
+            )
+        elif scheduler_type == "cosine_restarts":
+            restarts = restart_steps(warmup_steps, total_steps, num_cycles, cycle_steps)
+            if restarts and restarts[-1] >= 0.9 * total_steps:
+                warnings.append(
+                    f"the last cosine restart falls at step {restarts[-1]} of {total_steps} (final 10 %): the run "
+                    "ends near peak learning rate instead of in a trough; use equal cycles (num_cycles, no cycle_steps) "
+                    "or a cycle_steps that divides the post-warmup steps"
+                )
+    if save_dtype == torch.float16:
+        warnings.append("save dtype float16: small LoRA B values underflow and large ones overflow; use bf16 or fp32")
+    return warnings
+
+
+def lint_notes(
+    settings: LoRASettings, *, plan: TargetPlan | None, total_steps: int | None, save_dtype: torch.dtype = torch.bfloat16
+) -> list[str]:
+    """Informational lines: the update scale, the adapted modules and the file size that follows."""
+    notes = [f"scale alpha/r = {settings.alpha:g}/{settings.rank} = {settings.scale:.3f}"]
+    if plan is not None and plan.module_paths:
+        c = plan.counts
+        notes.append(
+            f"{len(plan.module_paths)} modules adapted (self {c['self']} / cross {c['cross']} / mlp {c['mlp']}), "
+            f"{plan.lora_params:,} LoRA parameters = sum of r*(in+out)"
+        )
+        sizes = ", ".join(f"{size_mb(plan.lora_params, d):.1f} MB in {str(d).removeprefix('torch.')}"
+                          for d in dict.fromkeys((save_dtype, torch.bfloat16, torch.float32)))
+        notes.append(f"expected LoRA file size: {sizes}; alpha never changes it (only rank, targets and dtype do)")
+    notes.append(f"total optimizer steps: {total_steps if total_steps is not None else 'unknown (no segments manifest)'}")
+    return notes

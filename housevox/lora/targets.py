@@ -1,0 +1,188 @@
+"""Which DiT Linears get LoRA adapters, and putting PEFT adapters on them.
+
+Users name targets the way ACE-Step does (`q_proj ... down_proj`); housevox runs
+diffusers' network, whose attention Linears are `to_q/to_k/to_v/to_out.0`. PEFT
+silently ignores names that match nothing (the seed's `w1 w2 c_proj`), so we
+resolve names to exact module paths ourselves and report what did not match.
+"""
+
+import logging
+import re
+from collections import Counter
+from dataclasses import dataclass, field
+
+import torch
+from peft import LoraConfig, inject_adapter_in_model
+from peft.tuners.lora import LoraLayer
+from torch import nn
+
+from housevox.errors import HousevoxError
+
+log = logging.getLogger("housevox")
+
+ADAPTER = "default"
+ORIGINAL_TO_DIFFUSERS = {
+    "q_proj": "to_q",
+    "k_proj": "to_k",
+    "v_proj": "to_v",
+    "o_proj": "to_out.0",
+    "gate_proj": "gate_proj",
+    "up_proj": "up_proj",
+    "down_proj": "down_proj",
+}
+DIFFUSERS_TO_ORIGINAL = {v: k for k, v in ORIGINAL_TO_DIFFUSERS.items()}
+ATTENTION_NAMES = ("q_proj", "k_proj", "v_proj", "o_proj")
+MLP_NAMES = ("gate_proj", "up_proj", "down_proj")
+BLOCK_KIND = {"self_attn": "self", "cross_attn": "cross", "mlp": "mlp"}
+_BLOCK_NAMES = {"self_attn": ATTENTION_NAMES, "cross_attn": ATTENTION_NAMES, "mlp": MLP_NAMES}
+_ATTENTION_BLOCKS = {"both": ("self_attn", "cross_attn"), "self": ("self_attn",), "cross": ("cross_attn",)}
+_PATH = re.compile(r"layers\.(\d+)\.(self_attn|cross_attn|mlp)\.(.+)")
+_NAME_ORDER = {n: i for i, n in enumerate(ATTENTION_NAMES + MLP_NAMES)}
+_BLOCK_ORDER = {b: i for i, b in enumerate(BLOCK_KIND)}
+
+
+def _split(path: str) -> tuple[int, str, str]:
+    """(layer, block, ORIGINAL name) of an adaptable module path in either naming, else HousevoxError."""
+    m = _PATH.fullmatch(path)
+    name = m and DIFFUSERS_TO_ORIGINAL.get(m.group(3), m.group(3))
+    if not m or name not in _BLOCK_NAMES[m.group(2)]:
+        raise HousevoxError(f"{path!r} is not an adaptable ACE-Step v1.5 DiT module (layers.N.self_attn|cross_attn|mlp.*)")
+    return int(m.group(1)), m.group(2), name
+
+
+def to_original_path(diffusers_module_path: str) -> str:
+    """`layers.3.self_attn.to_out.0` → `layers.3.self_attn.o_proj` (ACE-Step / PEFT-file naming)."""
+    layer, block, name = _split(diffusers_module_path)
+    return f"layers.{layer}.{block}.{name}"
+
+
+def to_diffusers_path(original_path: str) -> str:
+    """`layers.3.self_attn.o_proj` → `layers.3.self_attn.to_out.0` (the module in housevox's DiT)."""
+    layer, block, name = _split(original_path)
+    return f"layers.{layer}.{block}.{ORIGINAL_TO_DIFFUSERS[name]}"
+
+
+def module_kind(path: str) -> str:
+    """`self`, `cross` or `mlp` for a module path in either naming."""
+    return BLOCK_KIND[_split(path)[1]]
+
+
+def module_sort_key(path: str) -> tuple[int, int, int]:
+    """Order by layer, then block (self, cross, mlp), then q k v o gate up down."""
+    layer, block, name = _split(path)
+    return layer, _BLOCK_ORDER[block], _NAME_ORDER[name]
+
+
+@dataclass
+class LoRASettings:
+    """The seed's LoRA fields, validated so a typo fails before any model is loaded."""
+
+    rank: int = 128
+    alpha: float = 128.0
+    dropout: float = 0.0
+    target_modules_str: str = "q_proj k_proj v_proj o_proj gate_proj up_proj down_proj"
+    attention_type: str = "both"  # both|self|cross
+    bias: str = "none"
+
+    def __post_init__(self):
+        if not isinstance(self.rank, int) or isinstance(self.rank, bool) or self.rank <= 0:
+            raise HousevoxError(f"rank: must be a positive integer, got {self.rank!r}")
+        if not self.alpha > 0:
+            raise HousevoxError(f"alpha: must be > 0, got {self.alpha!r}")
+        if not 0.0 <= self.dropout < 1.0:
+            raise HousevoxError(f"dropout: must be in [0, 1), got {self.dropout!r}")
+        if self.attention_type not in _ATTENTION_BLOCKS:
+            raise HousevoxError(f"attention_type: must be one of both, self, cross; got {self.attention_type!r}")
+        if self.bias != "none":
+            # The adapted Linears have no bias, and no LoRA file format here carries trained biases.
+            raise HousevoxError(f"bias: only 'none' is supported for ACE-Step LoRA, got {self.bias!r}")
+        if not self.target_names:
+            raise HousevoxError("target_modules_str: empty, name at least one module (e.g. q_proj)")
+
+    @property
+    def target_names(self) -> list[str]:
+        return list(dict.fromkeys(self.target_modules_str.split()))
+
+    @property
+    def scale(self) -> float:
+        return self.alpha / self.rank
+
+
+@dataclass
+class TargetPlan:
+    """The exact diffusers module paths to adapt, and what that costs."""
+
+    module_paths: list[str]
+    unmatched_names: list[str]
+    counts: dict[str, int] = field(default_factory=dict)
+    lora_params: int = 0
+
+
+def resolve_targets(dit: nn.Module, settings: LoRASettings) -> TargetPlan:
+    """Expand the target names onto the DiT's `layers.N` blocks (works on the meta device)."""
+    modules = dict(dit.named_modules())
+    blocks = {"mlp": MLP_NAMES}
+    for block in _ATTENTION_BLOCKS[settings.attention_type]:
+        blocks[block] = ATTENTION_NAMES
+    paths, hits = [], Counter()
+    for layer_name, _ in dit.layers.named_children():
+        for block, names in blocks.items():
+            for name in (n for n in settings.target_names if n in names):
+                path = f"layers.{layer_name}.{block}.{ORIGINAL_TO_DIFFUSERS[name]}"
+                if isinstance(modules.get(path), nn.Linear):
+                    paths.append(path)
+                    hits[name] += 1
+    paths.sort(key=module_sort_key)
+    counts = Counter(module_kind(p) for p in paths)
+    return TargetPlan(
+        module_paths=paths,
+        unmatched_names=[n for n in settings.target_names if not hits[n]],
+        counts={k: counts[k] for k in ("self", "cross", "mlp")},
+        lora_params=sum(settings.rank * (modules[p].in_features + modules[p].out_features) for p in paths),
+    )
+
+
+def lora_layers(dit: nn.Module) -> dict[str, LoraLayer]:
+    """PEFT LoRA layers holding housevox's adapter, by diffusers module path."""
+    return {n: m for n, m in dit.named_modules() if isinstance(m, LoraLayer) and ADAPTER in m.lora_A}
+
+
+def inject(dit: nn.Module, config: LoraConfig) -> None:
+    """Add PEFT adapters, keep them fp32 (a bf16 base still trains in fp32), freeze everything else."""
+    inject_adapter_in_model(config, dit, adapter_name=ADAPTER)
+    for name, param in dit.named_parameters():
+        is_lora = ".lora_" in name
+        if is_lora and param.dtype != torch.float32:
+            param.data = param.data.float()
+        param.requires_grad_(is_lora)
+
+
+def apply_lora(dit: nn.Module, settings: LoRASettings) -> TargetPlan:
+    """Inject LoRA on the resolved targets; log what was adapted and what matched nothing."""
+    plan = resolve_targets(dit, settings)
+    if plan.unmatched_names:
+        log.warning(
+            "LoRA target names match no module in ACE-Step v1.5 and were ignored: %s", ", ".join(plan.unmatched_names)
+        )
+    if not plan.module_paths:
+        raise HousevoxError(f"target_modules_str {settings.target_modules_str!r} matches no module of the DiT")
+    inject(dit, LoraConfig(
+        r=settings.rank, lora_alpha=settings.alpha, lora_dropout=settings.dropout,
+        bias=settings.bias, target_modules=plan.module_paths,
+    ))
+    trainable = sum(p.numel() for p in dit.parameters() if p.requires_grad)
+    c = plan.counts
+    log.info(
+        "LoRA: %d modules adapted (self %d / cross %d / mlp %d), %s trainable parameters",
+        len(plan.module_paths), c["self"], c["cross"], c["mlp"], f"{trainable:,}",
+    )
+    return plan
+
+
+def set_lora_scale(dit: nn.Module, scale: float) -> None:
+    """Set every adapter's strength to scale·alpha/r (absolute, not cumulative); 0 gives the base output."""
+    layers = lora_layers(dit)
+    if not layers:
+        raise HousevoxError("set_lora_scale: the model has no LoRA adapters")
+    for layer in layers.values():
+        layer.set_scale(ADAPTER, scale)
