@@ -126,7 +126,7 @@ def test_apply_lora_with_nothing_matched_fails():
 
 
 def test_scale_zero_is_exactly_the_base_and_scale_is_absolute():
-    dit = tiny_dit()
+    dit = tiny_dit().requires_grad_(False)  # CPU F.linear rounds differently for weights that require grad
     inputs = tiny_inputs()
     with torch.no_grad():
         base = dit(*inputs)

@@ -3,8 +3,10 @@
 from housevox.acestep.checkpoint import CheckpointFolder, locate_checkpoint
 from housevox.acestep.config import AceStepConfig
 from housevox.acestep.loading import (
+    acestep_config,
     load_condition_encoder,
     load_dit,
+    load_null_condition,
     load_silence_latent,
     load_text_encoder,
     load_vae,
@@ -13,9 +15,11 @@ from housevox.acestep.loading import (
 
 __all__ = [
     "AceStepConfig",
+    "acestep_config",
     "CheckpointFolder",
     "load_condition_encoder",
     "load_dit",
+    "load_null_condition",
     "load_silence_latent",
     "load_text_encoder",
     "load_vae",

@@ -17,6 +17,7 @@ from housevox.acestep.checkpoint import (
     load_part,
     locate_checkpoint,
 )
+from housevox.acestep.config import AceStepConfig
 from housevox.acestep.modules import AceStepDiT, ConditionEncoder, build_condition_encoder, build_dit
 from housevox.errors import HousevoxError
 
@@ -123,3 +124,18 @@ def load_text_encoder(checkpoint_dir, dtype: torch.dtype = torch.float32, device
             f"{ckpt.config.text_hidden_dim} in the checkpoint config"
         )
     return model.to(device).eval().requires_grad_(False), tokenizer
+
+
+def load_null_condition(checkpoint_dir) -> torch.Tensor:
+    """The learned `null_condition_emb` [1, 1, E] alone: CFG dropout needs it, not the whole encoder."""
+    ckpt = locate_checkpoint(checkpoint_dir)
+    for path in ckpt.condition_encoder.files:
+        with safe_open(path, "pt") as fh:
+            for key in fh.keys():
+                if ckpt.condition_encoder.convert(key) == ("condition_encoder", "null_condition_emb"):
+                    return fh.get_tensor(key).float()
+    raise HousevoxError(f"{ckpt.root}: no null_condition_emb in the checkpoint")
+
+
+def acestep_config(checkpoint_dir) -> AceStepConfig:
+    return locate_checkpoint(checkpoint_dir).config

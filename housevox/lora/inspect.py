@@ -18,6 +18,7 @@ _FORMAT_NAMES = {
 
 
 def _range(values) -> str:
+    values = list(values)
     lo, hi = min(values), max(values)
     return f"{lo:g}" if lo == hi else f"{lo:g}..{hi:g}"
 
@@ -51,7 +52,7 @@ def describe(lf: LoRAFile) -> list[str]:
     if len(per_value) == 1 and None not in per_value:
         nbytes = per_value.pop()
         data = params * nbytes
-        line = f"size: {params:,} params x {nbytes} bytes = {data / 1e6:.1f} MB"
+        line = f"size: {params:,} params x {nbytes} bytes = {data:,} bytes ({data / 1e6:.1f} MB)"
         if lf.file.is_file():
             size = lf.file.stat().st_size
             line += f"; on disk {size / 1e6:.1f} MB ({size - data:,} bytes of header and alpha scalars)"

@@ -1,0 +1,126 @@
+"""`python -m housevox.fit fit --config configs/house_vocal_beast_v2.yaml` — LoRA training via LightningCLI.
+
+Each run lives in one fixed folder, `<trainer.default_root_dir>/lightning_logs/<run_name>/`
+(logs, checkpoints, LoRA files), so `--ckpt_path last` finds the previous invocation's
+`last.ckpt` instead of Lightning opening a fresh `version_N/` and starting from step 0.
+`--preset seed.json` runs one of the seed's flat JSON configs unchanged.
+"""
+
+import logging
+import sys
+import tempfile
+from pathlib import Path
+
+import yaml
+from lightning.pytorch.cli import LightningCLI
+from lightning.pytorch.loggers import TensorBoardLogger
+
+from housevox.data import SegmentCacheDataModule
+from housevox.demo import resolve_demo_value
+from housevox.errors import HousevoxError, UsageError, run_cli
+from housevox.train.callbacks import (
+    CosineRestartSchedule,
+    HeavyLogger,
+    LoRAExport,
+    LossLogger,
+    NonFiniteLossGuard,
+    RunCheckpoints,
+    RunLint,
+    run_dir,
+)
+from housevox.train.checkpoint_io import AtomicCheckpointIO
+from housevox.train.module import HouseVoxLoRA
+from housevox.train.seed_config import load_seed_json
+
+log = logging.getLogger("housevox")
+
+TRAINER_DEFAULTS = {
+    "max_epochs": 100,
+    "accumulate_grad_batches": 4,
+    "log_every_n_steps": 1,
+    "num_sanity_val_steps": 0,
+    "enable_checkpointing": False,  # RunCheckpoints writes last.ckpt / epoch_NNN.ckpt atomically
+    "use_distributed_sampler": False,  # the batch sampler shards by rank itself
+}
+
+
+class HouseVoxCLI(LightningCLI):
+    def add_arguments_to_parser(self, parser) -> None:
+        parser.add_argument("--run_name", default="housevox", help="name of the run folder under lightning_logs/")
+        parser.link_arguments("model.checkpoint_dir", "data.checkpoint_dir")
+
+    def _cfg(self):
+        return self.config[self.subcommand] if self.subcommand else self.config
+
+    def run_folder(self) -> Path:
+        cfg = self._cfg()
+        return Path(cfg.trainer.default_root_dir or ".") / "lightning_logs" / cfg.run_name
+
+    def before_instantiate_classes(self) -> None:
+        cfg = self._cfg()
+        root = cfg.trainer.default_root_dir
+        cfg.model.checkpoint_dir = resolve_demo_value(cfg.model.checkpoint_dir, root)
+        cfg.data.checkpoint_dir = cfg.model.checkpoint_dir
+        cfg.data.segments_dir = resolve_demo_value(cfg.data.segments_dir, root)
+        if self.subcommand == "fit" and cfg.get("ckpt_path") == "last":
+            last = self.run_folder() / "checkpoints" / "last.ckpt"
+            if not last.is_file():
+                raise UsageError(f"--ckpt_path last: no {last} to resume from (run '{cfg.run_name}' has no checkpoint yet)")
+            cfg.ckpt_path = str(last)
+
+    def instantiate_trainer(self, **kwargs):
+        cfg = self._cfg()
+        logger = TensorBoardLogger(save_dir=str(self.run_folder().parent.parent), name="lightning_logs",
+                                   version=cfg.run_name, default_hp_metric=False)
+        return super().instantiate_trainer(logger=logger, plugins=[AtomicCheckpointIO()], **kwargs)
+
+    def after_fit(self) -> None:
+        if not self.trainer.is_global_zero:
+            return
+        folder = run_dir(self.trainer)
+        loras = sorted((folder / "lora").glob("epoch_*"))
+        print(f"\nTensorBoard logs: {folder}   (tensorboard --logdir {folder.parent})")
+        print(f"Checkpoints:      {folder / 'checkpoints'}")
+        if loras:
+            print(f"LoRA:             {loras[-1]}  (PEFT folder adapter/ + ComfyUI .safetensors)")
+
+
+def _expand_preset(argv: list[str]) -> list[str]:
+    """Replace `--preset seed.json` by `--config <converted yaml>` at the same place, so later flags override it."""
+    if "--preset" not in argv:
+        return argv
+    i = argv.index("--preset")
+    if i + 1 >= len(argv):
+        raise UsageError("--preset needs a seed JSON file")
+    converted = load_seed_json(argv[i + 1])
+    tmp = tempfile.NamedTemporaryFile("w", suffix=".yaml", prefix="housevox-preset-", delete=False)
+    with tmp:
+        yaml.safe_dump(converted, tmp)
+    return argv[:i] + ["--config", tmp.name] + argv[i + 2:]
+
+
+def callbacks() -> list:
+    return [CosineRestartSchedule(), LossLogger(), HeavyLogger(), NonFiniteLossGuard(), RunCheckpoints(),
+            LoRAExport(), RunLint()]
+
+
+def main(argv=None) -> int:
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    argv = _expand_preset(list(sys.argv[1:] if argv is None else argv))
+    try:
+        HouseVoxCLI(
+            HouseVoxLoRA, SegmentCacheDataModule, args=argv,
+            trainer_defaults={**TRAINER_DEFAULTS, "callbacks": callbacks()},
+            save_config_kwargs={"overwrite": True},
+            parser_kwargs={"exit_on_error": False},
+        )
+    except HousevoxError:
+        raise
+    except (TypeError, ValueError, KeyError) as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise UsageError(f"config: {first}") from None
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(run_cli(main))

@@ -1,0 +1,242 @@
+"""Callbacks: lr schedule, loss logging, heavy logging, non-finite guard, checkpoints, LoRA export."""
+
+import logging
+from pathlib import Path
+
+import lightning as L
+import torch
+from lightning.pytorch.loggers import TensorBoardLogger
+
+import housevox
+from housevox.lora import extract_lora, write_comfyui_file, write_peft_folder
+from housevox.train.schedule import lr_factor
+
+log = logging.getLogger("housevox")
+
+
+def run_dir(trainer: L.Trainer) -> Path:
+    """The one folder of this run: logs, checkpoints and LoRA files live under it."""
+    return Path(trainer.logger.log_dir if trainer.logger else trainer.default_root_dir)
+
+
+def _stepped(pl_module) -> bool:
+    """True right after an optimizer step (Lightning has already advanced global_step)."""
+    stepped = pl_module.global_step != getattr(pl_module, "_housevox_seen_step", None)
+    pl_module._housevox_seen_step = pl_module.global_step
+    return stepped and pl_module.global_step > 0
+
+
+class CosineRestartSchedule(L.Callback):
+    """Sets the lr before every optimizer step from the global step alone, so resume needs no scheduler state.
+
+    The total step count is fixed at the first fit and kept in checkpoints, so a resumed
+    run follows the same curve even if the data or epochs changed.
+    """
+
+    def __init__(self):
+        self.total_steps = None
+
+    def on_fit_start(self, trainer, pl_module) -> None:
+        if self.total_steps is None:
+            self.total_steps = int(trainer.estimated_stepping_batches)
+
+    def lr_at(self, pl_module, step: int) -> float:
+        hp = pl_module.hparams
+        if hp.scheduler_type == "constant":
+            return hp.learning_rate * min(1.0, (step + 1) / max(hp.warmup_steps, 1))
+        return hp.learning_rate * lr_factor(step, hp.warmup_steps, self.total_steps, hp.num_cycles, hp.cycle_steps)
+
+    def on_before_optimizer_step(self, trainer, pl_module, optimizer) -> None:
+        lr = self.lr_at(pl_module, trainer.global_step)
+        for group in optimizer.param_groups:
+            group["lr"] = lr
+        pl_module.last_lr = lr
+
+    def state_dict(self) -> dict:
+        return {"total_steps": self.total_steps}
+
+    def load_state_dict(self, state_dict: dict) -> None:
+        self.total_steps = state_dict.get("total_steps")
+
+
+class LossLogger(L.Callback):
+    """Step loss (mean over the accumulated micro-batches), a smoothed loss, lr and grad norm.
+
+    Losses are summed on the device and only read when logged, so the step has no host sync.
+    """
+
+    def __init__(self, smoothing: float = 0.9):
+        self.smoothing = smoothing
+        self._sum = None
+        self._count = 0
+        self._smooth = None
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        loss = outputs["loss"].detach() if isinstance(outputs, dict) else None
+        if loss is not None:
+            self._sum = loss if self._sum is None else self._sum + loss
+            self._count += 1
+        if not _stepped(pl_module) or self._sum is None:
+            return
+        step_loss = self._sum / self._count
+        self._sum, self._count = None, 0
+        self._smooth = step_loss if self._smooth is None else self.smoothing * self._smooth + (1 - self.smoothing) * step_loss
+        if pl_module.global_step % pl_module.hparams.log_every == 0:
+            metrics = {"train/loss_step": step_loss, "train/loss_smooth": self._smooth,
+                       "train/lr": getattr(pl_module, "last_lr", 0.0)}
+            if getattr(pl_module, "last_grad_norm", None) is not None:
+                metrics["train/grad_norm"] = pl_module.last_grad_norm
+            pl_module.log_dict(metrics, on_step=True, on_epoch=False, batch_size=1)
+
+
+class HeavyLogger(L.Callback):
+    """Per-block grad norms and LoRA-B norms as TensorBoard histograms, every `log_heavy_every` steps."""
+
+    def on_before_optimizer_step(self, trainer, pl_module, optimizer) -> None:
+        every = pl_module.hparams.log_heavy_every
+        logger = trainer.logger
+        if not every or (trainer.global_step + 1) % every or not isinstance(logger, TensorBoardLogger):
+            return
+        grads, b_norms = {}, {}
+        for name, p in pl_module.named_parameters():
+            if not p.requires_grad:
+                continue
+            block = name.split(".lora_")[0]
+            if p.grad is not None:
+                grads[block] = grads.get(block, 0.0) + p.grad.float().pow(2).sum()
+            if ".lora_B." in name:
+                b_norms[block] = p.detach().float().norm()
+        step = trainer.global_step + 1
+        if grads:
+            logger.experiment.add_histogram("heavy/grad_norm_per_module", torch.stack(list(grads.values())).sqrt(), step)
+        if b_norms:
+            logger.experiment.add_histogram("heavy/lora_B_norm_per_module", torch.stack(list(b_norms.values())), step)
+
+
+class NonFiniteLossGuard(L.Callback):
+    """Skips an optimizer step whose gradients are NaN/Inf; stops, resumably, after too many in a row."""
+
+    def __init__(self):
+        self.in_a_row = 0
+        self.skipped = 0
+
+    def on_before_optimizer_step(self, trainer, pl_module, optimizer) -> None:
+        grads = [p.grad for p in pl_module.trainable_parameters() if p.grad is not None]
+        if not grads or bool(torch.stack([torch.isfinite(g).all() for g in grads]).all()):
+            self.in_a_row = 0
+            return
+        for p in pl_module.trainable_parameters():
+            p.grad = None  # both optimizers skip parameters without a gradient: the step is a no-op
+        self.in_a_row += 1
+        self.skipped += 1
+        log.warning("non-finite loss/gradients at step %d: step skipped (%d in a row)", trainer.global_step, self.in_a_row)
+        limit = pl_module.hparams.max_nonfinite_steps
+        if self.in_a_row >= limit:
+            path = run_dir(trainer) / "checkpoints" / "last.ckpt"
+            trainer.save_checkpoint(path, weights_only=False)
+            log.error("stopping: %d non-finite steps in a row (lower learning_rate or check the data); "
+                      "resume later with --ckpt_path last (%s)", limit, path)
+            trainer.should_stop = True
+
+    def state_dict(self) -> dict:
+        return {"skipped": self.skipped}
+
+    def load_state_dict(self, state_dict: dict) -> None:
+        self.skipped = state_dict.get("skipped", 0)
+
+
+class RunCheckpoints(L.Callback):
+    """`last.ckpt` every N optimizer steps and at each epoch end; `epoch_NNN.ckpt` every `save_every`, keeping K."""
+
+    def __init__(self, keep: int = 3):
+        self.keep = keep
+
+    def _folder(self, trainer) -> Path:
+        return run_dir(trainer) / "checkpoints"
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        every = pl_module.hparams.checkpoint_every_n_steps
+        step = trainer.global_step
+        if every and step and step % every == 0 and getattr(self, "_saved_step", None) != step:
+            self._saved_step = step
+            trainer.save_checkpoint(self._folder(trainer) / "last.ckpt", weights_only=False)
+
+    def on_train_epoch_end(self, trainer, pl_module) -> None:
+        folder = self._folder(trainer)
+        epoch = trainer.current_epoch + 1
+        if epoch % pl_module.hparams.save_every == 0:
+            trainer.save_checkpoint(folder / f"epoch_{epoch:03d}.ckpt", weights_only=False)
+            if trainer.is_global_zero:
+                for old in sorted(folder.glob("epoch_*.ckpt"))[: -self.keep]:
+                    old.unlink(missing_ok=True)
+        trainer.save_checkpoint(folder / "last.ckpt", weights_only=False)
+
+
+class LoRAExport(L.Callback):
+    """Writes the LoRA (PEFT folder + ComfyUI single file) every `save_every` epochs and at the end."""
+
+    def __init__(self):
+        self.exported_epochs: list[int] = []
+
+    def export(self, trainer, pl_module, epoch: int) -> Path:
+        folder = run_dir(trainer) / "lora" / f"epoch_{epoch:03d}"
+        weights = extract_lora(pl_module.dit)
+        weights.metadata.update(training_metadata(trainer, pl_module, epoch))
+        write_peft_folder(folder / "adapter", weights, dtype=torch.float32)
+        write_comfyui_file(folder / f"{run_dir(trainer).name}_epoch_{epoch:03d}.safetensors", weights, dtype=torch.bfloat16)
+        log.info("LoRA for epoch %d written to %s", epoch, folder)
+        self.exported_epochs.append(epoch)
+        return folder
+
+    def on_train_epoch_end(self, trainer, pl_module) -> None:
+        epoch = trainer.current_epoch + 1
+        if epoch % pl_module.hparams.save_every == 0 and trainer.is_global_zero:
+            self.export(trainer, pl_module, epoch)
+
+    def on_train_end(self, trainer, pl_module) -> None:
+        epoch = trainer.current_epoch if trainer.current_epoch else 1
+        if trainer.is_global_zero and epoch not in self.exported_epochs and trainer.global_step > 0:
+            self.export(trainer, pl_module, epoch)
+
+    def state_dict(self) -> dict:
+        return {"exported_epochs": list(self.exported_epochs)}
+
+    def load_state_dict(self, state_dict: dict) -> None:
+        self.exported_epochs = list(state_dict.get("exported_epochs", []))
+
+
+def training_metadata(trainer, pl_module, epoch: int) -> dict[str, str]:
+    """What a LoRA file should say about how it was made (safetensors header: strings only)."""
+    hp = pl_module.hparams
+    metrics = {k: float(v) for k, v in trainer.callback_metrics.items() if k in ("train/loss_epoch", "val/loss")}
+    datamodule = getattr(trainer, "datamodule", None)
+    return {
+        "housevox_version": housevox.__version__,
+        "base_model": Path(hp.checkpoint_dir).name,
+        "base_model_variant": pl_module.config.variant,
+        "base_model_hash": pl_module.base_fingerprint[:16],
+        "rank": str(hp.rank), "alpha": str(hp.alpha),
+        "target_modules": hp.target_modules_str, "attention_type": hp.attention_type,
+        "epoch": str(epoch), "global_step": str(trainer.global_step),
+        "train_loss": f"{metrics['train/loss_epoch']:.6f}" if "train/loss_epoch" in metrics else "",
+        "val_loss": f"{metrics['val/loss']:.6f}" if "val/loss" in metrics else "",
+        "shift": str(hp.shift), "num_inference_steps": str(hp.num_inference_steps),
+        "cfg_ratio": str(hp.cfg_ratio), "seed": str(pl_module.run_seed),
+        "dataset_hash": getattr(datamodule, "dataset_hash", lambda: "")() if datamodule else "",
+    }
+
+
+class RunLint(L.Callback):
+    """Prints the configuration lint before any compute is spent (the V1 alpha-6 story, dead targets...)."""
+
+    def on_fit_start(self, trainer, pl_module) -> None:
+        from housevox.lora import lint_run
+
+        if not trainer.is_global_zero or trainer.global_step > 0:
+            return
+        hp = pl_module.hparams
+        warnings = lint_run(pl_module.lora_settings, cfg_ratio=hp.cfg_ratio, model_version=pl_module.config.model_version,
+                            warmup_steps=hp.warmup_steps, total_steps=int(trainer.estimated_stepping_batches),
+                            num_cycles=hp.num_cycles, cycle_steps=hp.cycle_steps, plan=pl_module.plan)
+        for line in warnings:
+            log.warning("lint: %s", line)

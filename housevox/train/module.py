@@ -1,0 +1,206 @@
+"""`HouseVoxLoRA`: LoRA on the frozen ACE-Step DiT, trained with the flow-matching loss.
+
+Every random draw of a step (noise, t, CFG dropout) comes from a generator seeded by
+(run seed, epoch, batch index), so a resumed run repeats the same losses exactly:
+nothing but the loop counters has to survive a crash.
+"""
+
+import hashlib
+import logging
+import secrets
+
+import lightning as L
+import torch
+
+from housevox.acestep import acestep_config, load_dit, load_null_condition, locate_checkpoint
+from housevox.acestep import flow
+from housevox.errors import HousevoxError
+from housevox.lora import LoRASettings, apply_lora
+from housevox.train.optim import OPTIMIZERS, build_optimizer
+
+log = logging.getLogger("housevox")
+
+VAL_TIMESTEPS = (0.1, 0.3, 0.5, 0.7, 0.9)
+VAL_NOISE_SEED = 20260501
+
+
+def step_generator(*parts: int) -> torch.Generator:
+    """A CPU generator seeded by a stable hash of `parts`, independent of device and global RNG."""
+    digest = hashlib.sha256(",".join(map(str, parts)).encode()).digest()
+    return torch.Generator().manual_seed(int.from_bytes(digest[:8], "little") & (2**63 - 1))
+
+
+class HouseVoxLoRA(L.LightningModule):
+    def __init__(
+        self,
+        checkpoint_dir: str,
+        rank: int = 128,
+        alpha: float = 128.0,
+        dropout: float = 0.0,
+        target_modules_str: str = "q_proj k_proj v_proj o_proj gate_proj up_proj down_proj",
+        attention_type: str = "both",
+        bias: str = "none",
+        learning_rate: float = 5e-5,
+        weight_decay: float = 0.01,
+        max_grad_norm: float = 1.0,
+        warmup_steps: int = 100,
+        optimizer_type: str = "adamw8bit",
+        scheduler_type: str = "cosine_restarts",
+        num_cycles: int = 4,
+        cycle_steps: int | None = None,
+        cfg_ratio: float = 0.0,
+        shift: float = 1.0,
+        num_inference_steps: int = 50,
+        seed: int = -1,
+        gradient_checkpointing: bool = True,
+        offload_encoder: bool = False,
+        save_every: int = 5,
+        log_every: int = 10,
+        log_heavy_every: int = 25,
+        sample_every_n_epochs: int = 0,
+        checkpoint_every_n_steps: int = 50,
+        max_nonfinite_steps: int = 10,
+        min_8bit_size: int = 4096,
+    ):
+        """LoRA training of the ACE-Step DiT; the arguments are the seed config's fields.
+
+        Args:
+            checkpoint_dir: ACE-Step v1.5 checkpoint folder (or `demo:tiny`).
+            rank: LoRA rank r.
+            alpha: LoRA alpha; the update is scaled by alpha / rank.
+            dropout: LoRA dropout probability.
+            target_modules_str: space-separated module names (upstream names: q_proj k_proj v_proj o_proj gate_proj up_proj down_proj).
+            attention_type: which attention blocks the q/k/v/o names adapt: both, self or cross.
+            bias: LoRA bias mode (none).
+            learning_rate: peak learning rate.
+            weight_decay: AdamW weight decay.
+            max_grad_norm: clip the total gradient norm to this value (0 disables).
+            warmup_steps: linear warmup, in optimizer steps.
+            optimizer_type: adamw8bit (bitsandbytes) or adamw.
+            scheduler_type: cosine_restarts or constant.
+            num_cycles: equal cosine cycles after warmup; the run ends in a trough.
+            cycle_steps: fixed cycle length in optimizer steps instead of num_cycles (linted).
+            cfg_ratio: probability of replacing the condition by the null embedding (CFG dropout).
+            shift: inference timestep shift, stored in LoRA metadata (not used by the loss).
+            num_inference_steps: inference steps, stored in LoRA metadata (not used by the loss).
+            seed: run seed; -1 draws one, logs it and stores it in checkpoints.
+            gradient_checkpointing: recompute DiT block activations in backward to save memory.
+            offload_encoder: accepted for seed compatibility; encoders only ever live while the cache is built.
+            save_every: export the LoRA every N epochs (and at the end).
+            log_every: log step loss every N optimizer steps.
+            log_heavy_every: log grad-norm and LoRA-norm histograms every N optimizer steps.
+            sample_every_n_epochs: render a preview clip every N epochs (0 = off).
+            checkpoint_every_n_steps: write last.ckpt every N optimizer steps.
+            max_nonfinite_steps: stop after this many non-finite steps in a row.
+            min_8bit_size: tensors with fewer elements keep fp32 Adam state in adamw8bit.
+        """
+        super().__init__()
+        self.save_hyperparameters()
+        self.lora_settings = LoRASettings(rank=rank, alpha=alpha, dropout=dropout, target_modules_str=target_modules_str,
+                                          attention_type=attention_type, bias=bias)
+        if optimizer_type not in OPTIMIZERS:
+            raise HousevoxError(f"model.optimizer_type: unknown optimizer {optimizer_type!r} (choose from {', '.join(OPTIMIZERS)})")
+        if scheduler_type not in ("cosine_restarts", "constant"):
+            raise HousevoxError(f"model.scheduler_type: unknown scheduler {scheduler_type!r} (cosine_restarts or constant)")
+        if not 0.0 <= cfg_ratio < 1.0:
+            raise HousevoxError(f"model.cfg_ratio: {cfg_ratio} must be in [0, 1)")
+        self.config = acestep_config(checkpoint_dir)
+        self.base_fingerprint = locate_checkpoint(checkpoint_dir).fingerprint()
+        self.run_seed = int(seed) if seed >= 0 else None
+        self.dit = None
+        self.plan = None
+        self.strict_loading = False  # checkpoints hold the LoRA only, never the frozen base
+
+    def configure_model(self) -> None:
+        if self.dit is not None:
+            return
+        device = self.trainer.strategy.root_device if self._trainer else torch.device("cpu")
+        base_dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
+        self.dit = load_dit(self.hparams.checkpoint_dir, dtype=base_dtype, device=device)
+        self.plan = apply_lora(self.dit, self.lora_settings)
+        if self.hparams.gradient_checkpointing:
+            self.dit.enable_gradient_checkpointing()
+        self.dit.train()
+        self.register_buffer("null_condition", load_null_condition(self.hparams.checkpoint_dir)[0], persistent=False)
+
+    def setup(self, stage: str) -> None:
+        if self.run_seed is None:
+            self.run_seed = secrets.randbelow(2**31)
+            log.info("seed -1: drew run seed %d (stored in checkpoints for exact resume)", self.run_seed)
+        self._share_seed()
+
+    def _share_seed(self) -> None:
+        datamodule = getattr(self.trainer, "datamodule", None) if self._trainer else None
+        if datamodule is not None:
+            datamodule.seed = self.run_seed
+
+    def trainable_parameters(self):
+        return [p for p in self.parameters() if p.requires_grad]
+
+    def flow_loss(self, batch: dict, t: torch.Tensor, noise: torch.Tensor, drop: torch.Tensor | None = None) -> torch.Tensor:
+        """The base-model objective: predict noise − x0 at x_t = t·noise + (1 − t)·x0."""
+        dtype = next(self.dit.parameters()).dtype
+        x0 = batch["target_latents"].float()
+        cond = batch["encoder_hidden_states"]
+        if drop is not None and drop.any():
+            null = self.null_condition.to(cond.dtype).expand_as(cond)
+            cond = torch.where(drop.view(-1, 1, 1), null, cond)
+        x_t = flow.noisy_latents(x0, noise, t)
+        t_in = t.to(dtype)
+        pred = self.dit(x_t.to(dtype), t_in, t_in, cond.to(dtype), batch["context_latents"].to(dtype))
+        return flow.flow_loss(pred, flow.velocity_target(x0, noise))
+
+    def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
+        x0 = batch["target_latents"]
+        gen = step_generator(self.run_seed, self.current_epoch, batch_idx)
+        noise = torch.randn(x0.shape, generator=gen).to(self.device)
+        t = flow.sample_timesteps(x0.shape[0], self.config.timestep_mu, self.config.timestep_sigma, gen).to(self.device)
+        drop = (torch.rand(x0.shape[0], generator=gen) < self.hparams.cfg_ratio).to(self.device)
+        loss = self.flow_loss(batch, t, noise, drop)
+        self.log("train/loss_epoch", loss, on_step=False, on_epoch=True, batch_size=x0.shape[0])
+        return loss
+
+    def validation_step(self, batch: dict, batch_idx: int) -> None:
+        """Deterministic: fixed noise per batch, the same t grid every epoch, no CFG dropout."""
+        x0 = batch["target_latents"]
+        gen = step_generator(VAL_NOISE_SEED, batch_idx)
+        noise = torch.randn(x0.shape, generator=gen).to(self.device)
+        losses = [self.flow_loss(batch, torch.full((x0.shape[0],), t, device=self.device), noise) for t in VAL_TIMESTEPS]
+        self.log("val/loss", torch.stack(losses).mean(), on_epoch=True, batch_size=x0.shape[0])
+
+    def configure_optimizers(self):
+        return build_optimizer(self.trainable_parameters(), self.hparams.optimizer_type, self.hparams.learning_rate,
+                               self.hparams.weight_decay, self.hparams.min_8bit_size)
+
+    def configure_gradient_clipping(self, optimizer, gradient_clip_val=None, gradient_clip_algorithm=None) -> None:
+        params = [p for p in self.trainable_parameters() if p.grad is not None]
+        if not params:
+            return
+        max_norm = self.hparams.max_grad_norm if self.hparams.max_grad_norm > 0 else float("inf")
+        self.last_grad_norm = torch.nn.utils.clip_grad_norm_(params, max_norm)
+
+    def run_identity(self) -> dict:
+        """What a checkpoint must agree on to be resumed into this module."""
+        return {
+            "rank": self.hparams.rank, "alpha": float(self.hparams.alpha), "attention_type": self.hparams.attention_type,
+            "target_modules": list(self.plan.module_paths) if self.plan else [],
+            "base_fingerprint": self.base_fingerprint,
+        }
+
+    def on_save_checkpoint(self, checkpoint: dict) -> None:
+        trainable = {name for name, p in self.named_parameters() if p.requires_grad}
+        checkpoint["state_dict"] = {k: v for k, v in checkpoint["state_dict"].items() if k in trainable}
+        checkpoint["housevox"] = {"run_seed": self.run_seed, **self.run_identity()}
+
+    def on_load_checkpoint(self, checkpoint: dict) -> None:
+        saved = checkpoint.get("housevox")
+        if saved is None:
+            raise HousevoxError("checkpoint was not written by housevox (no 'housevox' section); refusing to resume")
+        mine = self.run_identity()
+        for key in ("rank", "alpha", "attention_type", "target_modules", "base_fingerprint"):
+            if saved.get(key) != mine[key]:
+                what = "base checkpoint" if key == "base_fingerprint" else key
+                raise HousevoxError(f"cannot resume: the checkpoint was trained with a different {what}; "
+                                    f"start a new run (--run_name) or restore the original setting")
+        self.run_seed = int(saved["run_seed"])
+        self._share_seed()
