@@ -26,10 +26,12 @@ from housevox.train.callbacks import (
     NonFiniteLossGuard,
     RunCheckpoints,
     RunLint,
+    RunProfile,
     run_dir,
 )
 from housevox.train.checkpoint_io import AtomicCheckpointIO
 from housevox.train.module import HouseVoxLoRA
+from housevox.train.preview import AudioPreview
 from housevox.train.seed_config import load_seed_json
 
 log = logging.getLogger("housevox")
@@ -101,7 +103,7 @@ def _expand_preset(argv: list[str]) -> list[str]:
 
 def callbacks() -> list:
     return [CosineRestartSchedule(), LossLogger(), HeavyLogger(), NonFiniteLossGuard(), RunCheckpoints(),
-            LoRAExport(), RunLint()]
+            LoRAExport(), RunLint(), RunProfile(), AudioPreview()]
 
 
 def main(argv=None) -> int:

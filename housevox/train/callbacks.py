@@ -1,6 +1,8 @@
 """Callbacks: lr schedule, loss logging, heavy logging, non-finite guard, checkpoints, LoRA export."""
 
 import logging
+import time
+from datetime import datetime, timezone
 from pathlib import Path
 
 import lightning as L
@@ -8,6 +10,7 @@ import torch
 from lightning.pytorch.loggers import TensorBoardLogger
 
 import housevox
+from housevox.atomic import write_json
 from housevox.lora import extract_lora, write_comfyui_file, write_peft_folder
 from housevox.train.schedule import lr_factor
 
@@ -240,3 +243,48 @@ class RunLint(L.Callback):
                             num_cycles=hp.num_cycles, cycle_steps=hp.cycle_steps, plan=pl_module.plan)
         for line in warnings:
             log.warning("lint: %s", line)
+
+
+class RunProfile(L.Callback):
+    """Writes `run_profile.json` (device, peak memory, seconds per epoch, total time) for the release card."""
+
+    def __init__(self):
+        self.seconds_per_epoch: list[float] = []
+        self.total_seconds = 0.0
+        self.started = None
+
+    def on_fit_start(self, trainer, pl_module) -> None:
+        self._fit_t0 = time.perf_counter()
+        self.started = self.started or datetime.now(timezone.utc).isoformat(timespec="seconds")
+        self._base_total = self.total_seconds
+        if torch.cuda.is_available():
+            torch.cuda.reset_peak_memory_stats()
+
+    def on_train_epoch_start(self, trainer, pl_module) -> None:
+        self._epoch_t0 = time.perf_counter()
+
+    def on_train_epoch_end(self, trainer, pl_module) -> None:
+        self.seconds_per_epoch.append(round(time.perf_counter() - self._epoch_t0, 3))
+        self.total_seconds = round(self._base_total + time.perf_counter() - self._fit_t0, 3)
+        if trainer.is_global_zero:
+            self.write(trainer, pl_module)
+
+    def write(self, trainer, pl_module) -> None:
+        device = pl_module.device
+        cuda = device.type == "cuda"
+        write_json(run_dir(trainer) / "run_profile.json", {
+            "device": torch.cuda.get_device_name(device) if cuda else "cpu",
+            "peak_memory_gib": round(torch.cuda.max_memory_allocated(device) / 2**30, 3) if cuda else None,
+            "seconds_per_epoch": self.seconds_per_epoch,
+            "total_seconds": self.total_seconds,
+            "started": self.started,
+            "finished": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        })
+
+    def state_dict(self) -> dict:
+        return {"seconds_per_epoch": self.seconds_per_epoch, "total_seconds": self.total_seconds, "started": self.started}
+
+    def load_state_dict(self, state_dict: dict) -> None:
+        self.seconds_per_epoch = list(state_dict.get("seconds_per_epoch", []))
+        self.total_seconds = state_dict.get("total_seconds", 0.0)
+        self.started = state_dict.get("started")

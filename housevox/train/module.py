@@ -12,11 +12,11 @@ import secrets
 import lightning as L
 import torch
 
-from housevox.acestep import acestep_config, load_dit, load_null_condition, locate_checkpoint
-from housevox.acestep import flow
+from housevox.acestep import AceStepConfig, flow, load_dit, load_null_condition, locate_checkpoint
 from housevox.errors import HousevoxError
 from housevox.lora import LoRASettings, apply_lora
 from housevox.train.optim import OPTIMIZERS, build_optimizer
+from housevox.train.quantize import QUANTIZE_MODES, quantize_frozen_base
 
 log = logging.getLogger("housevox")
 
@@ -61,6 +61,7 @@ class HouseVoxLoRA(L.LightningModule):
         checkpoint_every_n_steps: int = 50,
         max_nonfinite_steps: int = 10,
         min_8bit_size: int = 4096,
+        quantize_base: str = "none",
     ):
         """LoRA training of the ACE-Step DiT; the arguments are the seed config's fields.
 
@@ -93,6 +94,7 @@ class HouseVoxLoRA(L.LightningModule):
             checkpoint_every_n_steps: write last.ckpt every N optimizer steps.
             max_nonfinite_steps: stop after this many non-finite steps in a row.
             min_8bit_size: tensors with fewer elements keep fp32 Adam state in adamw8bit.
+            quantize_base: low-memory mode for 8-16 GB cards: none, int8 or nf4 (bitsandbytes) frozen base under the LoRA.
         """
         super().__init__()
         self.save_hyperparameters()
@@ -104,24 +106,37 @@ class HouseVoxLoRA(L.LightningModule):
             raise HousevoxError(f"model.scheduler_type: unknown scheduler {scheduler_type!r} (cosine_restarts or constant)")
         if not 0.0 <= cfg_ratio < 1.0:
             raise HousevoxError(f"model.cfg_ratio: {cfg_ratio} must be in [0, 1)")
-        self.config = acestep_config(checkpoint_dir)
-        self.base_fingerprint = locate_checkpoint(checkpoint_dir).fingerprint()
+        if quantize_base not in QUANTIZE_MODES:
+            raise HousevoxError(f"model.quantize_base: {quantize_base!r} is not one of {', '.join(QUANTIZE_MODES)}")
+        self.config, self.base_fingerprint = self.describe_base(checkpoint_dir)
         self.run_seed = int(seed) if seed >= 0 else None
         self.dit = None
         self.plan = None
         self.strict_loading = False  # checkpoints hold the LoRA only, never the frozen base
+
+    def describe_base(self, checkpoint_dir: str) -> tuple[AceStepConfig, str]:
+        """Config and fingerprint of the frozen base (a benchmark overrides this and `load_base`)."""
+        ckpt = locate_checkpoint(checkpoint_dir)
+        return ckpt.config, ckpt.fingerprint()
+
+    def load_base(self, dtype: torch.dtype, device: torch.device) -> tuple[torch.nn.Module, torch.Tensor]:
+        """The frozen DiT and the null condition [1, E] used for CFG dropout."""
+        checkpoint_dir = self.hparams.checkpoint_dir
+        return load_dit(checkpoint_dir, dtype=dtype, device=device), load_null_condition(checkpoint_dir)[0]
 
     def configure_model(self) -> None:
         if self.dit is not None:
             return
         device = self.trainer.strategy.root_device if self._trainer else torch.device("cpu")
         base_dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
-        self.dit = load_dit(self.hparams.checkpoint_dir, dtype=base_dtype, device=device)
-        self.plan = apply_lora(self.dit, self.lora_settings)
+        dit, null_condition = self.load_base(base_dtype, device)
+        if self.hparams.quantize_base != "none":
+            quantize_frozen_base(dit, self.hparams.quantize_base)
+        self.plan = apply_lora(dit, self.lora_settings)
         if self.hparams.gradient_checkpointing:
-            self.dit.enable_gradient_checkpointing()
-        self.dit.train()
-        self.register_buffer("null_condition", load_null_condition(self.hparams.checkpoint_dir)[0], persistent=False)
+            dit.enable_gradient_checkpointing()
+        self.dit = dit.train()
+        self.register_buffer("null_condition", null_condition.to(device), persistent=False)
 
     def setup(self, stage: str) -> None:
         if self.run_seed is None:

@@ -1,0 +1,80 @@
+"""Audio preview during training: a fixed-seed clip from the model being trained, every N epochs.
+
+The clip goes through `housevox.sample.render`, so what a preview sounds like is what
+`python -m housevox.sample` with the exported LoRA would give at the same settings.
+"""
+
+import gc
+import logging
+from dataclasses import asdict
+
+import lightning as L
+import torch
+from lightning.pytorch.loggers import TensorBoardLogger
+from lightning.pytorch.utilities import rank_zero_only
+
+from housevox.acestep import load_silence_latent, load_vae
+from housevox.acestep.conditioning import ConditionBuilder
+from housevox.sample import DEFAULT_CFG, DEFAULT_PROMPT, SAMPLE_RATE, Take, model_dtype, render, write_wav
+from housevox.train.callbacks import run_dir
+
+log = logging.getLogger("housevox")
+
+
+def first_entry(trainer) -> dict:
+    """The first training cache row (caption, lyrics, bpm, ...) when the datamodule has one."""
+    dataset = getattr(getattr(trainer, "datamodule", None), "train_set", None)
+    entries = getattr(dataset, "entries", None)
+    return entries[0] if entries else {}
+
+
+class AudioPreview(L.Callback):
+    """Renders `<run dir>/samples/epoch_NNN.wav` and logs it to TensorBoard every `sample_every_n_epochs`.
+
+    Encoders and the VAE are loaded for the preview and freed after it, so training
+    memory is unchanged between previews; the noise comes from its own generator, so
+    previews never change the training run's random stream.
+    """
+
+    def __init__(self, duration_s: float = 10.0, seed: int = 42, max_steps: int = 20):
+        self.duration_s, self.seed, self.max_steps = duration_s, seed, max_steps
+
+    def take(self, trainer, pl_module) -> Take:
+        hp, row = pl_module.hparams, first_entry(trainer)
+        return Take(caption=row.get("caption") or DEFAULT_PROMPT, lyrics=row.get("lyrics"), bpm=row.get("bpm"),
+                    key=row.get("keyscale"), timesignature=row.get("timesignature"),
+                    language=row.get("language") or "en", duration_s=self.duration_s,
+                    steps=min(hp.num_inference_steps, self.max_steps), cfg=DEFAULT_CFG, shift=hp.shift, seed=self.seed)
+
+    @rank_zero_only
+    def on_train_epoch_end(self, trainer, pl_module) -> None:
+        every = pl_module.hparams.sample_every_n_epochs
+        if every <= 0 or (trainer.current_epoch + 1) % every:
+            return
+        take = self.take(trainer, pl_module)
+        audio = self.render(pl_module, take)
+        path = run_dir(trainer) / "samples" / f"epoch_{trainer.current_epoch:03d}.wav"
+        write_wav(path, audio, {**asdict(take), "epoch": trainer.current_epoch, "global_step": trainer.global_step})
+        log.info("preview: wrote %s", path)
+        for logger in trainer.loggers:
+            if isinstance(logger, TensorBoardLogger):
+                logger.experiment.add_audio("preview", audio.mean(0, keepdim=True).clamp(-1, 1), trainer.global_step,
+                                            sample_rate=SAMPLE_RATE)
+
+    @staticmethod
+    def render(pl_module, take: Take) -> torch.Tensor:
+        """Render with `pl_module.dit` in eval mode, restoring its train/eval state after."""
+        dit, ckpt = pl_module.dit, pl_module.hparams.checkpoint_dir
+        device = next(dit.parameters()).device
+        builder = ConditionBuilder.from_checkpoint(ckpt, dtype=model_dtype(device), device=device)
+        vae = load_vae(ckpt, dtype=torch.float32, device=device)
+        was_training = dit.training
+        dit.eval()
+        try:
+            return render(dit, builder, vae, load_silence_latent(ckpt), take)
+        finally:
+            dit.train(was_training)
+            del builder, vae
+            gc.collect()
+            if device.type == "cuda":
+                torch.cuda.empty_cache()
