@@ -25,7 +25,7 @@ from tqdm import tqdm
 
 from housevox.atomic import write_json, write_text
 from housevox.audio.channels import downmix_to_stereo, mono_mix
-from housevox.audio.io import PCM24_SCALE, load_audio, quantize_pcm24, write_pcm24
+from housevox.audio.io import load_audio, quantize_pcm24, write_pcm24
 from housevox.audio.loudness import capped_gain_db, db_to_amplitude, integrated_lufs, true_peak_dbtp
 from housevox.audio.resample import resample
 from housevox.audio.slicing import plan_segments
@@ -190,9 +190,11 @@ def _segment_track(job: Job, sha: str) -> dict:
             "start_s": round(segment.start / SAMPLE_RATE, 6), "end_s": round(segment.end / SAMPLE_RATE, 6),
             "sample_rate": SAMPLE_RATE, "channels": int(pcm.shape[0]),
             "lufs_in": round(lufs_in, 4), "gain_db": round(gain_db, 4),
-            # Loudness re-measured on the 24-bit samples; the true peak scales exactly with the gain.
-            "lufs_out": round(integrated_lufs(pcm / PCM24_SCALE, SAMPLE_RATE), 4),
-            "true_peak_dbtp": round(true_peak_in + gain_db, 4), "capped": capped,
+            # K-weighting, block energies, the relative gate and the true peak all scale with the gain,
+            # so both follow from the input; only blocks crossing the -70 LUFS absolute gate could
+            # differ. Tests re-measure the written files and check them against ffmpeg.
+            "lufs_out": round(lufs_in + gain_db, 4), "true_peak_dbtp": round(true_peak_in + gain_db, 4),
+            "capped": capped,
             "zero_crossing_start": segment.zero_crossing_start, "zero_crossing_end": segment.zero_crossing_end,
         })
     if not out["rows"]:
@@ -201,9 +203,10 @@ def _segment_track(job: Job, sha: str) -> dict:
 
 
 def _remove_stale_segments(output: Path, track: str, keep: set[str]) -> None:
-    """Drop `<track>_<nnn>.wav` files a previous run wrote that this run did not (the input changed)."""
-    pattern = re.compile(re.escape(track) + r"_\d{3,}\.wav")
-    for path in output.glob("*.wav"):
+    """Drop this track's files that this run did not write: segments of an older version of the
+    input, and temp files a killed run left behind (atomic_path names them `.<name>.<random>.tmp`)."""
+    pattern = re.compile(r"\.?" + re.escape(track) + r"_\d{3,}\.wav(\..+\.tmp)?")
+    for path in output.iterdir():
         if pattern.fullmatch(path.name) and path.name not in keep:
             path.unlink(missing_ok=True)
 
@@ -292,6 +295,8 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p.add_argument("--caption", help="caption for tracks without a sidecar")
     p.add_argument("--strict", action="store_true", help="exit non-zero if any track failed or was skipped")
     args = p.parse_args(argv)
+    if args.workers < 1:
+        raise UsageError("--workers must be at least 1")
     if not all(map(math.isfinite, (args.target_lufs, args.true_peak_ceiling))):
         raise UsageError("--target-lufs and --true-peak-ceiling must be finite numbers")
     return args

@@ -44,7 +44,7 @@ def test_silence_and_sub_gate_signals_have_no_loudness():
 
 def test_true_peak_finds_the_inter_sample_peak():
     # fs/4 sine at 45 degrees: every sample sits at 0.707 A, the waveform peaks at A (+3 dB).
-    x = sine(SR / 4, 1, 0.5, phase=np.pi / 4)[None]
+    x = sine(SR / 4, 1, 0.5, phase=np.pi / 4)[None] * np.hanning(SR)  # faded: no edge to ring on
     assert 20 * np.log10(np.abs(x).max()) == pytest.approx(20 * np.log10(0.5) - 3.01, abs=0.01)
     assert true_peak_dbtp(x) == pytest.approx(20 * np.log10(0.5), abs=0.1)
 
@@ -138,6 +138,11 @@ def test_resample_keeps_pitch_level_and_overs():
     spectrum = np.abs(np.fft.rfft(middle))
     assert np.argmax(spectrum) * SR / len(middle) == pytest.approx(1000, abs=2)
     assert resample(x, 48000, 48000) is x
+
+
+def test_resample_refuses_rates_without_a_practical_ratio():
+    with pytest.raises(HousevoxError, match="unsupported sample rate 44101 Hz"):
+        resample(np.zeros((1, 1000), np.float32), 44101, SR)
 
 
 # --- file I/O -------------------------------------------------------------------------------------

@@ -1,6 +1,7 @@
 """`python -m housevox.prep` end to end on generated tracks, good and bad."""
 
 import json
+import os
 import re
 import shutil
 import subprocess
@@ -33,7 +34,8 @@ def music(seconds, sr=SR, seed=0):
 def make_inputs(src):
     """A folder of good and bad tracks, each with a known expected outcome."""
     src.mkdir()
-    sf.write(src / "groove.wav", music(65).T, SR, subtype="FLOAT")
+    groove = music(65)
+    sf.write(src / "groove.wav", groove.T, SR, subtype="FLOAT")
     (src / "groove.json").write_text(json.dumps({"caption": "deep house, soulful vocal", "lyrics": "la la", "bpm": 122,
                                                  "key": "A minor", "timesignature": "4", "language": "en"}))
     write_pcm24(src / "café ñ.flac", quantize_pcm24(music(31, 48000, seed=1)), 48000, container="FLAC")
@@ -43,17 +45,20 @@ def make_inputs(src):
     clicks = 0.01 * rng.standard_normal(31 * SR)
     clicks[:: SR // 2] = 0.9
     sf.write(src / "clicks.wav", clicks, SR, subtype="FLOAT")
-    sf.write(src / "hot.wav", 2.0 * music(31, seed=3)[0] / np.abs(music(31, seed=3)[0]).max(), SR, subtype="FLOAT")
-    sf.write(src / "quad.wav", np.tile(music(31, seed=4).T, 2), SR, subtype="PCM_24")
+    tail = groove[:, -31 * SR:]
+    sf.write(src / "hot.wav", 2.0 * tail[0] / np.abs(tail[0]).max(), SR, subtype="FLOAT")
+    sf.write(src / "quad.wav", np.tile(tail.T, 2), SR, subtype="PCM_24")
     (src / "empty.wav").write_bytes(b"")
     (src / "notes.wav").write_text("not audio at all\n" * 50)
-    sf.write(src / "truncated.wav", music(31).T, SR, subtype="PCM_16")
+    sf.write(src / "truncated.wav", tail.T, SR, subtype="PCM_16")
     (src / "truncated.wav").write_bytes((src / "truncated.wav").read_bytes()[:2_000_000])
-    nan = music(31, seed=5)
+    nan = tail.copy()
     nan[0, 1000] = np.nan
     sf.write(src / "nan.wav", nan.T, SR, subtype="FLOAT")
     sf.write(src / "silence.wav", np.zeros(31 * SR), SR, subtype="PCM_16")
-    sf.write(src / "short.wav", music(5).T, SR, subtype="PCM_16")
+    sf.write(src / "sidecar.wav", tail.T, SR, subtype="PCM_16")
+    (src / "sidecar.json").write_text('{"caption": "unterminated')
+    sf.write(src / "short.wav", groove[:, : 5 * SR].T, SR, subtype="PCM_16")
 
 
 @pytest.fixture(scope="module")
@@ -79,8 +84,9 @@ def test_bad_inputs_are_reported_and_the_rest_is_processed(batch):
     assert batch["rc"] == 0
     failed = {e["source"].rsplit("/", 1)[-1]: e["reason"] for e in batch["report"]["failed"]}
     skipped = {e["source"].rsplit("/", 1)[-1]: e["reason"] for e in batch["report"]["skipped"]}
-    assert set(failed) == {"empty.wav", "notes.wav", "truncated.wav", "nan.wav"}
+    assert set(failed) == {"empty.wav", "notes.wav", "truncated.wav", "nan.wav", "sidecar.wav"}
     assert "cannot read audio" in failed["empty.wav"] and "cannot read audio" in failed["notes.wav"]
+    assert "sidecar.json: unreadable caption sidecar" in failed["sidecar.wav"]
     assert "truncated" in failed["truncated.wav"] and "NaN" in failed["nan.wav"]
     assert set(skipped) == {"silence.wav", "short.wav"}
     assert "silent" in skipped["silence.wav"] and "shorter than 30 s" in skipped["short.wav"]
@@ -111,9 +117,10 @@ def test_segments_are_24_bit_pcm_at_44k1_on_disk(batch):
 def test_written_loudness_hits_target_and_true_peak_stays_under_ceiling(batch):
     for row in batch["rows"]:
         audio, _ = load_audio(batch["out"] / row["file"])
+        peak = true_peak_dbtp(audio)
         assert integrated_lufs(audio, SR) == pytest.approx(row["lufs_out"], abs=0.01)
-        assert true_peak_dbtp(audio) <= -1.0 + 1e-3
-        assert true_peak_dbtp(audio) == pytest.approx(row["true_peak_dbtp"], abs=0.01)
+        assert peak <= -1.0 + 1e-3
+        assert peak == pytest.approx(row["true_peak_dbtp"], abs=0.01)
         if not row["capped"]:
             assert row["lufs_out"] == pytest.approx(-11.0, abs=0.05)
 
@@ -209,10 +216,37 @@ def test_interrupted_run_leaves_no_partial_wav_and_a_rerun_completes(batch, tmp_
     monkeypatch.setattr(sf, "write", write_then_interrupt)
     assert run_cli(prep.main, ["--input", str(src), "--output", str(out), "--workers", "1"]) == 130
     assert sorted(p.name for p in out.iterdir() if p.is_file()) == ["groove_000.wav"]
+    (out / ".groove_001.wav.k1ll3d.tmp").write_bytes(b"RIFF")  # what a kill -9 mid-write leaves
     monkeypatch.setattr(sf, "write", real_write)
     assert run_cli(prep.main, ["--input", str(src), "--output", str(out), "--workers", "1"]) == 0
+    assert sorted(p.name for p in out.glob("*.wav")) == ["groove_000.wav", "groove_001.wav", "groove_002.wav"]
+    assert not list(out.glob(".*.tmp"))
     for name in ("groove_000.wav", "groove_001.wav", "groove_002.wav"):
         assert (out / name).read_bytes() == (batch["out"] / name).read_bytes()
+
+
+def test_a_changed_input_replaces_its_old_segments(batch, tmp_path):
+    src, out = tmp_path / "src", tmp_path / "out"
+    src.mkdir()
+    shutil.copy(batch["src"] / "hot.wav", src / "x.wav")
+    assert run_cli(prep.main, ["--input", str(src), "--output", str(out), "--workers", "1", "--keep-short"]) == 0
+    assert sorted(p.name for p in out.glob("*.wav")) == ["x_000.wav", "x_001.wav"]
+    shutil.copy(batch["src"] / "short.wav", src / "x.wav")
+    assert run_cli(prep.main, ["--input", str(src), "--output", str(out), "--workers", "1", "--keep-short"]) == 0
+    assert sorted(p.name for p in out.glob("*.wav")) == ["x_000.wav"]
+    [row] = [json.loads(line) for line in (out / "manifest.jsonl").read_text().splitlines()]
+    assert row["end_sample"] == 5 * SR and sf.info(out / "x_000.wav").frames == 5 * SR
+
+
+@pytest.mark.skipif(os.geteuid() == 0, reason="root reads files whatever their permissions")
+def test_unreadable_file_is_reported(batch, tmp_path):
+    shutil.copy(batch["src"] / "hot.wav", tmp_path / "locked.wav")
+    (tmp_path / "locked.wav").chmod(0)
+    rc = run_cli(prep.main, ["--input", str(tmp_path / "locked.wav"), str(batch["src"] / "hot.wav"),
+                             "--output", str(tmp_path / "out"), "--workers", "1"])
+    assert rc == 0
+    [failed] = json.loads((tmp_path / "out" / "report.json").read_text())["failed"]
+    assert failed["source"].endswith("locked.wav") and "Permission denied" in failed["reason"]
 
 
 def test_two_workers_write_the_same_bytes(batch, tmp_path):

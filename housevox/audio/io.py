@@ -29,8 +29,10 @@ def load_audio(path: str | os.PathLike) -> tuple[np.ndarray, int]:
             sample_rate = f.samplerate
             data = f.read(dtype="float32", always_2d=True)
             log = f.extra_info
-    except (sf.LibsndfileError, OSError, RuntimeError) as exc:
-        raise HousevoxError(f"{path}: cannot read audio ({_short_reason(exc)})") from None
+    except sf.LibsndfileError as exc:  # its error_string omits the path that we put in front
+        raise HousevoxError(f"{path}: cannot read audio ({exc.error_string.removeprefix('Error : ').rstrip('.')})") from None
+    except (OSError, RuntimeError) as exc:
+        raise HousevoxError(f"{path}: cannot read audio ({exc})") from None
     for header_size, present in _CHUNK_SIZE_MISMATCH.findall(log):
         if int(header_size) not in _UNKNOWN_CHUNK_SIZES and int(present) < int(header_size):
             raise HousevoxError(f"{path}: truncated file (header declares {header_size} data bytes, {present} present)")
@@ -41,11 +43,6 @@ def load_audio(path: str | os.PathLike) -> tuple[np.ndarray, int]:
     if not np.isfinite(data).all():
         raise HousevoxError(f"{path}: contains NaN or Inf samples")
     return np.ascontiguousarray(data.T), sample_rate
-
-
-def _short_reason(exc: Exception) -> str:
-    """libsndfile messages repeat the path ("Error opening 'x': Format not recognised."); keep the cause."""
-    return str(exc).rsplit(": ", 1)[-1].strip().rstrip(".")
 
 
 def quantize_pcm24(audio: np.ndarray) -> np.ndarray:
