@@ -1,0 +1,236 @@
+"""LightningDataModule over the segment cache: build once in prepare_data, then read entries lazily.
+
+Batching: the DiT ignores attention masks, so padding would change what it computes.
+Batches therefore hold only segments of equal (T, L) (latent frames, condition tokens):
+every 30 s segment has T = 750, and L is fixed per caption + lyrics, so segments of one
+track usually batch together. Nothing is ever padded, and inference sees the same
+unpadded condition the LoRA was trained on.
+"""
+
+import hashlib
+import logging
+from collections.abc import Iterator
+from pathlib import Path
+
+import lightning as L
+import torch
+from torch.utils.data import DataLoader, Dataset, Sampler
+
+from housevox.data.cache import build_cache, entry_path, load_entry, read_index
+from housevox.errors import HousevoxError
+
+log = logging.getLogger(__name__)
+
+
+class SegmentCacheDataset(Dataset):
+    """Index rows in RAM, tensors on disk: one entry is opened per item, so RAM scales with the index."""
+
+    def __init__(self, entries: list[dict], cache_dir: str | Path):
+        self.entries, self.cache_dir = entries, Path(cache_dir)
+
+    def __len__(self) -> int:
+        return len(self.entries)
+
+    def __getitem__(self, i: int) -> dict:
+        row = self.entries[i]
+        path = entry_path(self.cache_dir, row["key"])
+        try:
+            item = load_entry(path, row["key"])
+        except HousevoxError as exc:
+            # Never train on it and never swap in another sample: remove it so the next run rebuilds it.
+            path.unlink(missing_ok=True)
+            raise HousevoxError(f"{exc}; removed it, run again to rebuild it") from None
+        if (item["target_latents"].shape[0], item["encoder_hidden_states"].shape[0]) != (row["T"], row["L"]):
+            raise HousevoxError(f"{path}: shapes differ from {self.cache_dir / 'index.json'}; run again to rebuild the cache")
+        item["index"] = i
+        return item
+
+
+def collate(items: list[dict]) -> dict[str, torch.Tensor]:
+    """Stack equal-shaped entries (the batch sampler guarantees equal (T, L))."""
+    batch = {name: torch.stack([item[name] for item in items]) for name in items[0] if name != "index"}
+    batch["index"] = torch.tensor([item["index"] for item in items])
+    return batch
+
+
+def _derived_seed(*parts) -> int:
+    return int(hashlib.sha256(repr(parts).encode()).hexdigest()[:15], 16)
+
+
+class _EpochOrder(Sampler[int]):
+    """Sample order from (seed, epoch) alone; Lightning calls set_epoch on `batch_sampler.sampler`."""
+
+    def __init__(self, n: int, seed: int, shuffle: bool):
+        self.n, self.seed, self.shuffle, self.epoch = n, seed, shuffle, 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __iter__(self) -> Iterator[int]:
+        if not self.shuffle:
+            return iter(range(self.n))
+        generator = torch.Generator().manual_seed(_derived_seed(self.seed, self.epoch))
+        return iter(torch.randperm(self.n, generator=generator).tolist())
+
+    def __len__(self) -> int:
+        return self.n
+
+
+class SeededBatchSampler(Sampler[list[int]]):
+    """Batches of equal group key in an order fixed by (seed, epoch), with exact mid-epoch skipping.
+
+    Samples are visited in the epoch's permutation and each goes to its group's open batch;
+    a batch is emitted when full, and leftovers (partial batches) follow in first-seen order.
+    `__len__` is the number of batches the next `__iter__` yields (after any skip).
+    """
+
+    def __init__(self, group_keys: list[tuple], batch_size: int, seed: int, shuffle: bool = True):
+        if batch_size < 1:
+            raise HousevoxError(f"data.batch_size: must be at least 1, got {batch_size}")
+        self.group_keys, self.batch_size = list(group_keys), batch_size
+        self.sampler = _EpochOrder(len(self.group_keys), seed, shuffle)
+        self._skip: tuple[int, int] = (0, 0)  # (epoch, batches to skip in that epoch)
+
+    @property
+    def epoch(self) -> int:
+        return self.sampler.epoch
+
+    def set_epoch(self, epoch: int) -> None:
+        self.sampler.set_epoch(epoch)
+
+    def set_start_batch(self, k: int, epoch: int | None = None) -> None:
+        """Skip the first k batches of `epoch` (default: the current one); other epochs start at 0."""
+        self._skip = (self.epoch if epoch is None else epoch, k)
+
+    def _start(self) -> int:
+        epoch, k = self._skip
+        return k if epoch == self.epoch else 0
+
+    def batches(self) -> list[list[int]]:
+        """Every batch of the current epoch, skip ignored."""
+        done, open_ = [], {}
+        for i in self.sampler:
+            bucket = open_.setdefault(self.group_keys[i], [])
+            bucket.append(i)
+            if len(bucket) == self.batch_size:
+                done.append(open_.pop(self.group_keys[i]))
+        return done + list(open_.values())
+
+    def __iter__(self) -> Iterator[list[int]]:
+        return iter(self.batches()[self._start():])
+
+    def __len__(self) -> int:
+        return max(0, self.full_length() - self._start())
+
+    def full_length(self) -> int:
+        """Batches in a whole epoch: the same for every epoch, since group sizes never change."""
+        counts: dict[tuple, int] = {}
+        for key in self.group_keys:
+            counts[key] = counts.get(key, 0) + 1
+        return sum(-(-c // self.batch_size) for c in counts.values())
+
+
+def split_tracks(tracks: list[str], val_tracks: list[str] | None, val_fraction: float) -> set[str]:
+    """Validation tracks: the explicit list, else round(fraction·n) tracks ranked by a hash of their name.
+
+    The hash ignores the run seed, so a resumed or re-seeded run validates on the same tracks.
+    At least one track always stays for training.
+    """
+    unique = sorted(set(tracks))
+    if val_tracks is not None:
+        unknown = sorted(set(val_tracks) - set(unique))
+        if unknown:
+            raise HousevoxError(f"data.val_tracks: {unknown[0]!r} is not a track in the cache")
+        if set(val_tracks) >= set(unique):
+            raise HousevoxError("data.val_tracks: lists every track; leave at least one for training")
+        return set(val_tracks)
+    if not 0.0 <= val_fraction < 1.0:
+        raise HousevoxError(f"data.val_fraction: must be in [0, 1), got {val_fraction}")
+    n_val = min(len(unique) - 1, max(1 if val_fraction > 0 else 0, round(val_fraction * len(unique))))
+    ranked = sorted(unique, key=lambda t: hashlib.sha256(t.encode("utf-8")).hexdigest())
+    return set(ranked[:n_val])
+
+
+class SegmentCacheDataModule(L.LightningDataModule):
+    """Owns the 30 s segment cache: encoders run once in prepare_data, training reads cached tensors only.
+
+    Args:
+        segments_dir: Folder written by `python -m housevox.prep` (segment WAVs + manifest.jsonl).
+        checkpoint_dir: ACE-Step v1.5 checkpoint folder whose VAE, text encoder and condition encoder build the cache.
+        cache_dir: Where cache entries and index.json live; default `<segments_dir>/cache`.
+        batch_size: Segments per batch; batches only hold segments of equal latent and condition length.
+        num_workers: DataLoader worker processes reading cache entries.
+        val_tracks: Track ids held out for validation; overrides val_fraction.
+        val_fraction: Share of tracks held out for validation when val_tracks is not given (0 = none).
+        default_caption: Caption for segments whose manifest row has none.
+        seed: Seed of the training data order (with the epoch); the LightningModule sets the run seed here.
+    """
+
+    def __init__(self, segments_dir: str, checkpoint_dir: str, cache_dir: str | None = None, batch_size: int = 1,
+                 num_workers: int = 0, val_tracks: list[str] | None = None, val_fraction: float = 0.1,
+                 default_caption: str = "", seed: int = 0):
+        super().__init__()
+        self.save_hyperparameters(ignore=["seed"])  # the run seed belongs to the LightningModule's hparams
+        self.segments_dir = Path(segments_dir)
+        if not self.segments_dir.is_dir():
+            raise HousevoxError(f"data.segments_dir: {self.segments_dir} is not a folder")
+        if not (self.segments_dir / "manifest.jsonl").is_file():
+            raise HousevoxError(f"data.segments_dir: {self.segments_dir} has no manifest.jsonl; run `python -m housevox.prep`")
+        self.checkpoint_dir = checkpoint_dir
+        self.cache_dir = Path(cache_dir) if cache_dir else self.segments_dir / "cache"
+        self.batch_size, self.num_workers = batch_size, num_workers
+        self.val_tracks, self.val_fraction = val_tracks, val_fraction
+        self.default_caption, self.seed = default_caption, seed
+        self.last_build_report = None
+        self.train_set: SegmentCacheDataset | None = None
+        self.val_set: SegmentCacheDataset | None = None
+
+    def _build_device(self) -> torch.device:
+        """Encode where training will run (the trainer's device); on CPU without a trainer."""
+        trainer = self.trainer
+        return trainer.strategy.root_device if trainer is not None else torch.device("cpu")
+
+    def prepare_data(self) -> None:
+        self.last_build_report = build_cache(self.segments_dir, self.checkpoint_dir, self.cache_dir,
+                                             self.default_caption, device=self._build_device())
+        report = self.last_build_report
+        log.info("segment cache %s: %d built, %d reused, %d skipped", self.cache_dir, report.built, report.reused,
+                 len(report.skipped))
+
+    def setup(self, stage: str | None = None) -> None:
+        entries = read_index(self.cache_dir)
+        if not entries:
+            raise HousevoxError(f"{self.cache_dir / 'index.json'}: the cache holds no segments")
+        tracks = sorted({row["track"] for row in entries})
+        val = split_tracks(tracks, self.val_tracks, self.val_fraction)
+        if not val:
+            log.warning("no validation tracks (%d track(s) in the cache, val_fraction %s): validation is empty",
+                        len(tracks), self.val_fraction)
+        self.train_set = SegmentCacheDataset([r for r in entries if r["track"] not in val], self.cache_dir)
+        self.val_set = SegmentCacheDataset([r for r in entries if r["track"] in val], self.cache_dir)
+
+    def _loader(self, dataset: SegmentCacheDataset, shuffle: bool) -> DataLoader:
+        sampler = SeededBatchSampler([(r["T"], r["L"]) for r in dataset.entries], self.batch_size, self.seed, shuffle)
+        return DataLoader(dataset, batch_sampler=sampler, num_workers=self.num_workers, collate_fn=collate,
+                          persistent_workers=self.num_workers > 0)
+
+    def train_dataloader(self) -> DataLoader:
+        return self._loader(self._require(self.train_set), shuffle=True)
+
+    def val_dataloader(self) -> DataLoader:
+        return self._loader(self._require(self.val_set), shuffle=False)
+
+    def dataset_hash(self) -> str:
+        """16 hex digits over every entry key in the split: names the exact data (audio, captions, checkpoint) a LoRA saw."""
+        keys = sorted(r["key"] for dataset in (self.train_set, self.val_set) for r in self._require(dataset).entries)
+        return hashlib.sha256("\n".join(keys).encode()).hexdigest()[:16]
+
+    def train_batches_per_epoch(self) -> int:
+        train = self._require(self.train_set)
+        return SeededBatchSampler([(r["T"], r["L"]) for r in train.entries], self.batch_size, self.seed).full_length()
+
+    @staticmethod
+    def _require(dataset: SegmentCacheDataset | None) -> SegmentCacheDataset:
+        if dataset is None:
+            raise RuntimeError("SegmentCacheDataModule.setup() must run before its dataloaders are built")
+        return dataset
