@@ -1,6 +1,8 @@
 """User-facing errors: one line, the file or field named, a non-zero exit, no traceback."""
 
+import os
 import sys
+import traceback
 from collections.abc import Callable, Sequence
 
 
@@ -26,3 +28,10 @@ def run_cli(main: Callable[[Sequence[str] | None], int | None], argv: Sequence[s
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
+    except Exception as exc:  # noqa: BLE001 - the last line of defence: one line, details on request
+        if os.environ.get("HOUSEVOX_DEBUG"):
+            traceback.print_exc()
+        detail = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+        print(f"error: unexpected {type(exc).__name__}: {detail} (set HOUSEVOX_DEBUG=1 for the traceback)",
+              file=sys.stderr)
+        return 1

@@ -24,3 +24,17 @@ def upstream_tiny() -> Path:
     if not UPSTREAM_TINY.is_dir():
         pytest.skip(f"{UPSTREAM_TINY} not present")
     return UPSTREAM_TINY
+
+
+@pytest.fixture(scope="session")
+def tiny_segments(tmp_path_factory, tiny_checkpoint) -> Path:
+    """Two synthesised 59.5 s house tracks → housevox.prep → 3 segments each (the last window anchored to the track end), cache built."""
+    from housevox import prep
+    from housevox.data import build_cache
+    from housevox.demo_audio import synthesize_demo_tracks
+
+    root = tmp_path_factory.mktemp("segments")
+    synthesize_demo_tracks(root / "tracks", n_tracks=2, seed=1, duration_s=59.5)
+    assert prep.main(["--input", str(root / "tracks"), "--output", str(root / "segments"), "--workers", "1"]) == 0
+    build_cache(root / "segments", tiny_checkpoint, root / "segments" / "cache", default_caption="")
+    return root / "segments"

@@ -114,7 +114,8 @@ def test_start_batch_skips_exactly_k_batches_of_that_epoch_only():
     sampler.set_epoch(4)
     full = list(sampler)
     sampler.set_start_batch(3)
-    assert list(sampler) == full[3:] and len(sampler) == len(full) - 3 == 1
+    assert list(sampler) == full[3:] and len(full) == 4
+    assert len(sampler) == len(full), "len stays a whole epoch: Lightning counts resumed batches itself"
     sampler.set_epoch(5)
     assert len(list(sampler)) == len(sampler) == 4
 
@@ -171,3 +172,26 @@ def test_dataset_hash_changes_with_the_data(tmp_path, many_tracks):
     a = make_dm(many_tracks).dataset_hash()
     b = make_dm(fake_cache(tmp_path / "other", {"track00": 2})).dataset_hash()
     assert len(a) == 16 and a != b and make_dm(many_tracks).dataset_hash() == a
+
+
+def test_ddp_ranks_split_batches_without_overlap():
+    keys = [(750, 6)] * 7
+    ranks = [SeededBatchSampler(keys, 2, seed=1, num_replicas=2, rank=r) for r in (0, 1)]
+    for sampler in ranks:
+        sampler.set_epoch(3)
+    batches = [list(sampler) for sampler in ranks]
+    assert len(batches[0]) == len(batches[1]) == len(ranks[0]) == 2
+    single = SeededBatchSampler(keys, 2, seed=1)
+    single.set_epoch(3)
+    assert sorted(map(tuple, batches[0] + batches[1])) == sorted(map(tuple, list(single)))
+
+
+def test_restored_position_starts_the_train_loader_there(many_tracks):
+    dm = make_dm(many_tracks, val_fraction=0.0, seed=4)
+    loader = dm.train_dataloader()
+    loader.batch_sampler.set_epoch(2)
+    whole = [b["index"].tolist() for b in loader]
+    dm.load_state_dict({"epoch": 2, "batches_done": 1})
+    assert [b["index"].tolist() for b in dm.train_dataloader()] == whole[1:]
+    dm.load_state_dict({"epoch": 2, "batches_done": len(whole)})
+    assert dm.train_dataloader().batch_sampler.epoch == 3

@@ -77,17 +77,21 @@ class _EpochOrder(Sampler[int]):
 
 
 class SeededBatchSampler(Sampler[list[int]]):
-    """Batches of equal group key in an order fixed by (seed, epoch), with exact mid-epoch skipping.
+    """Batches of equal group key in an order fixed by (seed, epoch), sharded by rank, with mid-epoch skipping.
 
     Samples are visited in the epoch's permutation and each goes to its group's open batch;
     a batch is emitted when full, and leftovers (partial batches) follow in first-seen order.
-    `__len__` is the number of batches the next `__iter__` yields (after any skip).
+    Under DDP each rank takes every `num_replicas`-th batch, the list padded by repeating
+    its first batches so every rank steps equally often. `__len__` is always a whole epoch
+    (Lightning counts skipped batches itself when it resumes mid-epoch).
     """
 
-    def __init__(self, group_keys: list[tuple], batch_size: int, seed: int, shuffle: bool = True):
+    def __init__(self, group_keys: list[tuple], batch_size: int, seed: int, shuffle: bool = True,
+                 num_replicas: int = 1, rank: int = 0):
         if batch_size < 1:
             raise HousevoxError(f"data.batch_size: must be at least 1, got {batch_size}")
         self.group_keys, self.batch_size = list(group_keys), batch_size
+        self.num_replicas, self.rank = num_replicas, rank
         self.sampler = _EpochOrder(len(self.group_keys), seed, shuffle)
         self._skip: tuple[int, int] = (0, 0)  # (epoch, batches to skip in that epoch)
 
@@ -107,27 +111,32 @@ class SeededBatchSampler(Sampler[list[int]]):
         return k if epoch == self.epoch else 0
 
     def batches(self) -> list[list[int]]:
-        """Every batch of the current epoch, skip ignored."""
+        """This rank's batches of the current epoch, skip ignored."""
         done, open_ = [], {}
         for i in self.sampler:
             bucket = open_.setdefault(self.group_keys[i], [])
             bucket.append(i)
             if len(bucket) == self.batch_size:
                 done.append(open_.pop(self.group_keys[i]))
-        return done + list(open_.values())
+        done += list(open_.values())
+        if self.num_replicas > 1 and done:
+            per_rank = -(-len(done) // self.num_replicas)
+            done = (done * self.num_replicas)[: per_rank * self.num_replicas][self.rank::self.num_replicas]
+        return done
 
     def __iter__(self) -> Iterator[list[int]]:
         return iter(self.batches()[self._start():])
 
     def __len__(self) -> int:
-        return max(0, self.full_length() - self._start())
+        return self.full_length()
 
     def full_length(self) -> int:
-        """Batches in a whole epoch: the same for every epoch, since group sizes never change."""
+        """Batches per rank in a whole epoch: the same for every epoch, since group sizes never change."""
         counts: dict[tuple, int] = {}
         for key in self.group_keys:
             counts[key] = counts.get(key, 0) + 1
-        return sum(-(-c // self.batch_size) for c in counts.values())
+        total = sum(-(-c // self.batch_size) for c in counts.values())
+        return -(-total // self.num_replicas) if total else 0
 
 
 def split_tracks(tracks: list[str], val_tracks: list[str] | None, val_fraction: float) -> set[str]:
@@ -182,6 +191,7 @@ class SegmentCacheDataModule(L.LightningDataModule):
         self.val_tracks, self.val_fraction = val_tracks, val_fraction
         self.default_caption, self.seed = default_caption, seed
         self.last_build_report = None
+        self._resume: tuple[int, int] = (0, 0)  # (epoch, batches done) restored from a checkpoint
         self.train_set: SegmentCacheDataset | None = None
         self.val_set: SegmentCacheDataset | None = None
 
@@ -209,16 +219,40 @@ class SegmentCacheDataModule(L.LightningDataModule):
         self.train_set = SegmentCacheDataset([r for r in entries if r["track"] not in val], self.cache_dir)
         self.val_set = SegmentCacheDataset([r for r in entries if r["track"] in val], self.cache_dir)
 
-    def _loader(self, dataset: SegmentCacheDataset, shuffle: bool) -> DataLoader:
-        sampler = SeededBatchSampler([(r["T"], r["L"]) for r in dataset.entries], self.batch_size, self.seed, shuffle)
+    def _sampler(self, dataset: SegmentCacheDataset, shuffle: bool) -> SeededBatchSampler:
+        trainer = self.trainer
+        replicas, rank = (trainer.world_size, trainer.global_rank) if trainer else (1, 0)
+        return SeededBatchSampler([(r["T"], r["L"]) for r in dataset.entries], self.batch_size, self.seed, shuffle,
+                                  num_replicas=replicas, rank=rank)
+
+    def _loader(self, dataset: SegmentCacheDataset, sampler: SeededBatchSampler) -> DataLoader:
         return DataLoader(dataset, batch_sampler=sampler, num_workers=self.num_workers, collate_fn=collate,
-                          persistent_workers=self.num_workers > 0)
+                          persistent_workers=self.num_workers > 0, pin_memory=torch.cuda.is_available())
 
     def train_dataloader(self) -> DataLoader:
-        return self._loader(self._require(self.train_set), shuffle=True)
+        """Starts at the restored (epoch, batch) position: Lightning builds this iterator before it calls set_epoch."""
+        train = self._require(self.train_set)
+        sampler = self._sampler(train, shuffle=True)
+        epoch, done = self._resume
+        if done >= sampler.full_length():
+            epoch, done = epoch + 1, 0
+        sampler.set_epoch(epoch)
+        sampler.set_start_batch(done, epoch)
+        return self._loader(train, sampler)
+
+    def state_dict(self) -> dict:
+        """The data position, read from the trainer's counters (prefetched batches are not counted)."""
+        trainer = self.trainer
+        if trainer is None:
+            return {}
+        return {"epoch": trainer.current_epoch, "batches_done": trainer.fit_loop.epoch_loop.batch_progress.current.processed}
+
+    def load_state_dict(self, state: dict) -> None:
+        self._resume = (int(state.get("epoch", 0)), int(state.get("batches_done", 0)))
 
     def val_dataloader(self) -> DataLoader:
-        return self._loader(self._require(self.val_set), shuffle=False)
+        val = self._require(self.val_set)
+        return self._loader(val, self._sampler(val, shuffle=False))
 
     def dataset_hash(self) -> str:
         """16 hex digits over every entry key in the split: names the exact data (audio, captions, checkpoint) a LoRA saw."""
@@ -227,7 +261,7 @@ class SegmentCacheDataModule(L.LightningDataModule):
 
     def train_batches_per_epoch(self) -> int:
         train = self._require(self.train_set)
-        return SeededBatchSampler([(r["T"], r["L"]) for r in train.entries], self.batch_size, self.seed).full_length()
+        return self._sampler(train, shuffle=True).full_length()
 
     @staticmethod
     def _require(dataset: SegmentCacheDataset | None) -> SegmentCacheDataset:

@@ -125,7 +125,7 @@ class NonFiniteLossGuard(L.Callback):
 
     def on_before_optimizer_step(self, trainer, pl_module, optimizer) -> None:
         grads = [p.grad for p in pl_module.trainable_parameters() if p.grad is not None]
-        if not grads or bool(torch.stack([torch.isfinite(g).all() for g in grads]).all()):
+        if not grads or bool(torch.isfinite(torch.stack(torch._foreach_norm(grads))).all()):  # one sync per step
             self.in_a_row = 0
             return
         for p in pl_module.trainable_parameters():
@@ -254,7 +254,7 @@ class RunProfile(L.Callback):
         self.started = None
 
     def on_fit_start(self, trainer, pl_module) -> None:
-        self._fit_t0 = time.perf_counter()
+        self._fit_t0 = self._epoch_t0 = time.perf_counter()  # a mid-epoch resume gets no epoch-start hook
         self.started = self.started or datetime.now(timezone.utc).isoformat(timespec="seconds")
         self._base_total = self.total_seconds
         if torch.cuda.is_available():

@@ -153,11 +153,11 @@ class HouseVoxLoRA(L.LightningModule):
         return [p for p in self.parameters() if p.requires_grad]
 
     def flow_loss(self, batch: dict, t: torch.Tensor, noise: torch.Tensor, drop: torch.Tensor | None = None) -> torch.Tensor:
-        """The base-model objective: predict noise − x0 at x_t = t·noise + (1 − t)·x0."""
+        """The base-model objective: predict noise − x0 at x_t = t·noise + (1 − t)·x0; `drop` rows get the null condition."""
         dtype = next(self.dit.parameters()).dtype
         x0 = batch["target_latents"].float()
         cond = batch["encoder_hidden_states"]
-        if drop is not None and drop.any():
+        if drop is not None:
             null = self.null_condition.to(cond.dtype).expand_as(cond)
             cond = torch.where(drop.view(-1, 1, 1), null, cond)
         x_t = flow.noisy_latents(x0, noise, t)
@@ -165,13 +165,20 @@ class HouseVoxLoRA(L.LightningModule):
         pred = self.dit(x_t.to(dtype), t_in, t_in, cond.to(dtype), batch["context_latents"].to(dtype))
         return flow.flow_loss(pred, flow.velocity_target(x0, noise))
 
+    def _to_device(self, tensor: torch.Tensor) -> torch.Tensor:
+        """Host → device without stalling the stream (pinned + non_blocking on CUDA)."""
+        if self.device.type == "cuda":
+            return tensor.pin_memory().to(self.device, non_blocking=True)
+        return tensor.to(self.device)
+
     def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
         x0 = batch["target_latents"]
         gen = step_generator(self.run_seed, self.current_epoch, batch_idx)
-        noise = torch.randn(x0.shape, generator=gen).to(self.device)
-        t = flow.sample_timesteps(x0.shape[0], self.config.timestep_mu, self.config.timestep_sigma, gen).to(self.device)
-        drop = (torch.rand(x0.shape[0], generator=gen) < self.hparams.cfg_ratio).to(self.device)
-        loss = self.flow_loss(batch, t, noise, drop)
+        noise = torch.randn(x0.shape, generator=gen)
+        t = flow.sample_timesteps(x0.shape[0], self.config.timestep_mu, self.config.timestep_sigma, gen)
+        drop = torch.rand(x0.shape[0], generator=gen) < self.hparams.cfg_ratio  # decided on the host: no sync
+        loss = self.flow_loss(batch, self._to_device(t), self._to_device(noise),
+                              self._to_device(drop) if drop.any() else None)
         self.log("train/loss_epoch", loss, on_step=False, on_epoch=True, batch_size=x0.shape[0])
         return loss
 

@@ -1,0 +1,163 @@
+"""Training end to end on the tiny model: exact resume after SIGKILL, logs, checkpoints, 8-bit state, errors."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+from safetensors.torch import load_file
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+from housevox.errors import run_cli
+from housevox.fit import main as fit_main
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def write_config(path: Path, checkpoint: Path, segments: Path, **model) -> Path:
+    config = {
+        "run_name": "t",
+        "model": {"checkpoint_dir": str(checkpoint), "rank": 4, "alpha": 8, "learning_rate": 1e-3, "warmup_steps": 2,
+                  "seed": 123, "log_every": 1, "log_heavy_every": 2, "save_every": 1, "checkpoint_every_n_steps": 1,
+                  "gradient_checkpointing": True, "optimizer_type": "adamw8bit", "min_8bit_size": 16,
+                  "num_cycles": 1, "cfg_ratio": 0.2, **model},
+        "data": {"segments_dir": str(segments), "batch_size": 1, "val_tracks": ["housevox_demo_1_01"]},
+        "trainer": {"max_epochs": 3, "accumulate_grad_batches": 1, "accelerator": "cpu", "devices": 1,
+                    "enable_progress_bar": False},
+    }
+    path.write_text(yaml.safe_dump(config))
+    return path
+
+
+def fit_command(config: Path, root: Path, *extra: str) -> list[str]:
+    return [sys.executable, "-m", "housevox.fit", "fit", "--config", str(config),
+            "--trainer.default_root_dir", str(root), *extra]
+
+
+def run_fit(config: Path, root: Path, *extra: str, kill_at_step: int | None = None) -> subprocess.CompletedProcess:
+    env = {**os.environ, "PYTHONUNBUFFERED": "1", "PYTHONPATH": str(ROOT / "tests" / "helpers")}
+    if kill_at_step is not None:
+        env["HOUSEVOX_KILL_AT_STEP"] = str(kill_at_step)
+    return subprocess.run(fit_command(config, root, *extra), cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+
+
+def tensor_dtypes(tree):
+    """Every tensor dtype inside nested dicts (bitsandbytes nests its quantised state)."""
+    if torch.is_tensor(tree):
+        yield tree.dtype
+    elif isinstance(tree, dict):
+        for value in tree.values():
+            yield from tensor_dtypes(value)
+
+
+def step_losses(run: Path) -> dict[int, float]:
+    """Last logged train/loss_step per global step (a resumed run re-logs the steps it repeats)."""
+    acc = EventAccumulator(str(run))
+    acc.Reload()
+    return {e.step: e.value for e in acc.Scalars("train/loss_step")}
+
+
+@pytest.fixture(scope="module")
+def reference_run(tmp_path_factory, tiny_checkpoint, tiny_segments):
+    root = tmp_path_factory.mktemp("ref")
+    config = write_config(root / "cfg.yaml", tiny_checkpoint, tiny_segments)
+    result = run_fit(config, root)
+    assert result.returncode == 0, result.stderr[-3000:]
+    return root / "lightning_logs" / "t", config, result
+
+
+def test_run_writes_logs_lora_and_lean_checkpoints(reference_run):
+    run, _, result = reference_run
+    assert (run / "lora" / "epoch_003" / "adapter" / "adapter_model.safetensors").is_file()
+    assert (run / "lora" / "epoch_003" / "t_epoch_003.safetensors").is_file()
+    ckpt = torch.load(run / "checkpoints" / "last.ckpt", weights_only=True)
+    assert ckpt["global_step"] == 9
+    assert ckpt["state_dict"] and all(".lora_" in k for k in ckpt["state_dict"]), "frozen base leaked into the checkpoint"
+    assert ckpt["housevox"]["run_seed"] == 123
+    assert torch.uint8 in set(tensor_dtypes(ckpt["optimizer_states"][0]["state"])), "AdamW8bit kept no 8-bit state"
+    assert "LoRA: 22 modules adapted" in result.stderr
+
+
+def test_tensorboard_series(reference_run):
+    run, _, _ = reference_run
+    acc = EventAccumulator(str(run))
+    acc.Reload()
+    scalars = acc.Tags()["scalars"]
+    counts = {tag: len(acc.Scalars(tag)) for tag in ("train/loss_step", "train/loss_smooth", "train/lr", "train/grad_norm",
+                                                     "val/loss", "train/loss_epoch")}
+    assert counts == {"train/loss_step": 9, "train/loss_smooth": 9, "train/lr": 9, "train/grad_norm": 9,
+                      "val/loss": 3, "train/loss_epoch": 3}, scalars
+    assert "heavy/grad_norm_per_module" in acc.Tags()["histograms"]
+    lrs = [e.value for e in acc.Scalars("train/lr")]
+    assert lrs[0] < lrs[1] and lrs[-1] < lrs[2], "warmup then cosine decay"
+
+
+def test_sigkill_then_resume_is_exact(tmp_path, reference_run, tiny_checkpoint, tiny_segments):
+    """SIGKILL mid-epoch (after step 5 of 9, before its checkpoint), resume from last.ckpt: same losses, same LoRA."""
+    ref_run, _, _ = reference_run
+    config = write_config(tmp_path / "cfg.yaml", tiny_checkpoint, tiny_segments)
+    run = tmp_path / "lightning_logs" / "t"
+    killed = run_fit(config, tmp_path, "--trainer.callbacks+=kill_at_step.KillAtStep", kill_at_step=5)
+    assert killed.returncode == -signal.SIGKILL
+    assert torch.load(run / "checkpoints" / "last.ckpt", weights_only=True)["global_step"] == 4
+    result = run_fit(config, tmp_path, "--ckpt_path", "last")
+    assert result.returncode == 0, result.stderr[-3000:]
+    ours, ref = step_losses(run), step_losses(ref_run)
+    assert sorted(ours) == sorted(ref)
+    assert max(abs(ours[s] - ref[s]) for s in ref) <= 1e-6
+    a = load_file(run / "lora/epoch_003/adapter/adapter_model.safetensors")
+    b = load_file(ref_run / "lora/epoch_003/adapter/adapter_model.safetensors")
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_resume_without_checkpoint_exits_2(tmp_path, tiny_checkpoint, tiny_segments, capsys):
+    config = write_config(tmp_path / "cfg.yaml", tiny_checkpoint, tiny_segments)
+    code = run_cli(fit_main, ["fit", "--config", str(config), "--trainer.default_root_dir", str(tmp_path),
+                              "--ckpt_path", "last"])
+    err = capsys.readouterr().err
+    assert code == 2 and "no " in err and "last.ckpt" in err
+
+
+@pytest.mark.parametrize("override, field", [
+    (["--model.rank", "0"], "rank"),
+    (["--model.optimizer_type", "sgd"], "optimizer_type"),
+    (["--model.checkpoint_dir", "/nonexistent/acestep"], "/nonexistent/acestep"),
+    (["--model.attention_typo", "x"], "attention_typo"),
+])
+def test_bad_config_values_name_the_field(tmp_path, tiny_checkpoint, tiny_segments, capsys, override, field):
+    config = write_config(tmp_path / "cfg.yaml", tiny_checkpoint, tiny_segments)
+    code = run_cli(fit_main, ["fit", "--config", str(config), "--trainer.default_root_dir", str(tmp_path), *override])
+    err = capsys.readouterr().err.strip()
+    assert code != 0 and field in err and "Traceback" not in err, err
+
+
+def test_segments_dir_without_manifest(tmp_path, tiny_checkpoint, tiny_segments, capsys):
+    config = write_config(tmp_path / "cfg.yaml", tiny_checkpoint, tmp_path)
+    code = run_cli(fit_main, ["fit", "--config", str(config), "--trainer.default_root_dir", str(tmp_path)])
+    err = capsys.readouterr().err.strip()
+    assert code != 0 and "manifest" in err and "Traceback" not in err, err
+
+
+def test_seed_json_preset_runs_unchanged(tmp_path, tiny_checkpoint, tiny_segments):
+    """The seed's own V2 JSON, untouched, on the tiny model: one optimizer step, lint printed."""
+    result = run_fit_preset(ROOT / "configs" / "seed_v2.json", tmp_path, "--model.checkpoint_dir", str(tiny_checkpoint),
+                            "--data.segments_dir", str(tiny_segments), "--trainer.max_epochs", "1",
+                            "--trainer.limit_train_batches", "4", "--trainer.limit_val_batches", "1",
+                            "--trainer.accelerator", "cpu", "--trainer.enable_progress_bar", "false")
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "w1, w2, c_proj" in result.stderr and "cfg_ratio 0" in result.stderr
+    run = tmp_path / "lightning_logs" / "house_xl_300mb_beast"
+    ckpt = torch.load(run / "checkpoints" / "last.ckpt", weights_only=True)
+    assert ckpt["global_step"] == 1 and ckpt["housevox"]["rank"] == 128 and ckpt["housevox"]["alpha"] == 128.0
+
+
+def run_fit_preset(seed_json: Path, root: Path, *extra: str) -> subprocess.CompletedProcess:
+    command = [sys.executable, "-m", "housevox.fit", "fit", "--preset", str(seed_json),
+               "--trainer.default_root_dir", str(root), *extra]
+    return subprocess.run(command, cwd=ROOT, env={**os.environ, "PYTHONUNBUFFERED": "1"}, capture_output=True,
+                          text=True, timeout=600)
