@@ -7,6 +7,7 @@ because the rename is atomic on one filesystem (a temp dir elsewhere would need 
 import contextlib
 import json
 import os
+import struct
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -60,4 +61,21 @@ def write_json(path: str | os.PathLike, obj) -> None:
 
 def save_safetensors(tensors: dict[str, torch.Tensor], path: str | os.PathLike, metadata: dict[str, str] | None = None) -> None:
     tensors = {k: v.detach().contiguous().cpu() for k, v in tensors.items()}
-    write_bytes(path, safetensors_bytes(tensors, metadata=metadata))
+    write_bytes(path, canonical_safetensors(safetensors_bytes(tensors, metadata=metadata)))
+
+
+def canonical_safetensors(blob: bytes) -> bytes:
+    """The same file with its JSON header in a fixed order, so equal tensors and metadata give equal bytes.
+
+    safetensors writes `__metadata__` from a Rust HashMap, whose order changes from process to
+    process: without this, a resumed run's LoRA would differ from an uninterrupted one's by its header.
+    """
+    n = struct.unpack("<Q", blob[:8])[0]
+    header = json.loads(blob[8:8 + n])
+    ordered = {}
+    if "__metadata__" in header:
+        ordered["__metadata__"] = dict(sorted(header.pop("__metadata__").items()))
+    ordered.update(sorted(header.items(), key=lambda kv: (kv[1]["data_offsets"], kv[0])))
+    text = json.dumps(ordered, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
+    text += b" " * (-len(text) % 8)  # the data section stays 8-byte aligned, as safetensors writes it
+    return struct.pack("<Q", len(text)) + text + blob[8 + n:]

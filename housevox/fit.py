@@ -9,9 +9,11 @@ Each run lives in one fixed folder, `<trainer.default_root_dir>/lightning_logs/<
 import logging
 import sys
 import tempfile
+import warnings
 from pathlib import Path
 
 import yaml
+from jsonargparse import ArgumentError
 from lightning.pytorch.cli import LightningCLI
 from lightning.pytorch.loggers import TensorBoardLogger
 
@@ -101,14 +103,42 @@ def _expand_preset(argv: list[str]) -> list[str]:
     return argv[:i] + ["--config", tmp.name] + argv[i + 2:]
 
 
+CONFIG_SECTIONS = {"run_name", "seed_everything", "trainer", "model", "data", "ckpt_path", "optimizer", "lr_scheduler"}
+
+
+def _check_config_files(argv: list[str]) -> None:
+    """Refuse a `--config` YAML that does not parse or has an unknown top-level section (jsonargparse ignores those)."""
+    for i, arg in enumerate(argv[:-1]):
+        if arg != "--config" or not Path(argv[i + 1]).is_file():
+            continue
+        path = Path(argv[i + 1])
+        try:
+            doc = yaml.safe_load(path.read_text(encoding="utf-8"))
+        except (OSError, UnicodeDecodeError, yaml.YAMLError) as exc:
+            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            raise UsageError(f"{path}: not valid YAML ({first})") from None
+        if doc is None:
+            continue
+        if not isinstance(doc, dict):
+            raise UsageError(f"{path}: the config must be a mapping of sections (model, data, trainer, ...)")
+        unknown = sorted(str(k) for k in doc if k not in CONFIG_SECTIONS)
+        if unknown:
+            raise UsageError(f"{path}: unknown section {unknown[0]!r} (known: {', '.join(sorted(CONFIG_SECTIONS))})")
+
+
 def callbacks() -> list:
-    return [CosineRestartSchedule(), LossLogger(), HeavyLogger(), NonFiniteLossGuard(), RunCheckpoints(),
-            LoRAExport(), RunLint(), RunProfile(), AudioPreview()]
+    # LoRAExport before RunCheckpoints: the epoch's checkpoint is written once its LoRA is complete, so a
+    # kill during the export resumes from the step checkpoint before it and exports again.
+    return [CosineRestartSchedule(), LossLogger(), HeavyLogger(), NonFiniteLossGuard(), LoRAExport(),
+            RunCheckpoints(), RunLint(), RunProfile(), AudioPreview()]
 
 
 def main(argv=None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(message)s")
+    # argv is always passed explicitly (after --preset expansion); Lightning would warn that sys.argv differs.
+    warnings.filterwarnings("ignore", message="LightningCLI's args parameter is intended")
     argv = _expand_preset(list(sys.argv[1:] if argv is None else argv))
+    _check_config_files(argv)
     try:
         HouseVoxCLI(
             HouseVoxLoRA, SegmentCacheDataModule, args=argv,
@@ -118,7 +148,7 @@ def main(argv=None) -> int:
         )
     except HousevoxError:
         raise
-    except (TypeError, ValueError, KeyError) as exc:
+    except (ArgumentError, TypeError, ValueError, KeyError) as exc:
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise UsageError(f"config: {first}") from None
     return 0

@@ -22,7 +22,7 @@ ROOT = Path(__file__).resolve().parents[1]
 def write_config(path: Path, checkpoint: Path, segments: Path, **model) -> Path:
     config = {
         "run_name": "t",
-        "model": {"checkpoint_dir": str(checkpoint), "rank": 4, "alpha": 8, "learning_rate": 1e-3, "warmup_steps": 2,
+        "model": {"checkpoint_dir": str(checkpoint), "rank": 4, "alpha": 8, "learning_rate": 3e-3, "warmup_steps": 2,
                   "seed": 123, "log_every": 1, "log_heavy_every": 2, "save_every": 1, "checkpoint_every_n_steps": 1,
                   "gradient_checkpointing": True, "optimizer_type": "adamw8bit", "min_8bit_size": 16,
                   "num_cycles": 1, "cfg_ratio": 0.2, **model},
@@ -81,6 +81,13 @@ def test_run_writes_logs_lora_and_lean_checkpoints(reference_run):
     assert ckpt["housevox"]["run_seed"] == 123
     assert torch.uint8 in set(tensor_dtypes(ckpt["optimizer_states"][0]["state"])), "AdamW8bit kept no 8-bit state"
     assert "LoRA: 22 modules adapted" in result.stderr
+
+
+def test_validation_loss_falls_by_a_fifth(reference_run):
+    acc = EventAccumulator(str(reference_run[0]))
+    acc.Reload()
+    val = [e.value for e in acc.Scalars("val/loss")]
+    assert val[-1] <= 0.8 * val[0], val
 
 
 def test_tensorboard_series(reference_run):
@@ -161,3 +168,13 @@ def run_fit_preset(seed_json: Path, root: Path, *extra: str) -> subprocess.Compl
                "--trainer.default_root_dir", str(root), *extra]
     return subprocess.run(command, cwd=ROOT, env={**os.environ, "PYTHONUNBUFFERED": "1"}, capture_output=True,
                           text=True, timeout=600)
+
+
+def test_ddp_two_cpu_processes(tmp_path, tiny_checkpoint, tiny_segments):
+    """The same command scales out: 2 gloo processes split the 3 training batches (2 steps per epoch)."""
+    config = write_config(tmp_path / "cfg.yaml", tiny_checkpoint, tiny_segments)
+    result = run_fit(config, tmp_path, "--trainer.strategy", "ddp", "--trainer.devices", "2", "--trainer.max_epochs", "1")
+    assert result.returncode == 0, result.stderr[-3000:]
+    run = tmp_path / "lightning_logs" / "t"
+    assert torch.load(run / "checkpoints" / "last.ckpt", weights_only=True)["global_step"] == 2
+    assert (run / "lora" / "epoch_001" / "adapter" / "adapter_model.safetensors").is_file()

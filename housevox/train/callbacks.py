@@ -22,6 +22,12 @@ def run_dir(trainer: L.Trainer) -> Path:
     return Path(trainer.logger.log_dir if trainer.logger else trainer.default_root_dir)
 
 
+def _epoch_complete(trainer: L.Trainer) -> bool:
+    """False when the epoch was cut short (the non-finite guard stopped it): then no epoch checkpoint or LoRA
+    may claim it, and last.ckpt must stay the guard's, from which a resume finishes the epoch."""
+    return trainer.fit_loop.epoch_loop.batch_progress.current.processed >= trainer.num_training_batches
+
+
 def _stepped(pl_module) -> bool:
     """True right after an optimizer step (Lightning has already advanced global_step)."""
     stepped = pl_module.global_step != getattr(pl_module, "_housevox_seen_step", None)
@@ -157,14 +163,26 @@ class RunCheckpoints(L.Callback):
     def _folder(self, trainer) -> Path:
         return run_dir(trainer) / "checkpoints"
 
+    def on_fit_start(self, trainer, pl_module) -> None:
+        """Delete temp files a killed write left in the run folder (`.<name>.<random>.tmp`, never read)."""
+        if trainer.is_global_zero:
+            for path in run_dir(trainer).rglob(".*.tmp"):
+                path.unlink(missing_ok=True)
+
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
         every = pl_module.hparams.checkpoint_every_n_steps
         step = trainer.global_step
+        # Not after an epoch's last batch: Lightning resumes such a checkpoint in the next epoch, skipping this
+        # epoch's validation, LoRA export and epoch checkpoint; on_train_epoch_end writes last.ckpt after them.
+        if batch_idx + 1 >= trainer.num_training_batches:
+            return
         if every and step and step % every == 0 and getattr(self, "_saved_step", None) != step:
             self._saved_step = step
             trainer.save_checkpoint(self._folder(trainer) / "last.ckpt", weights_only=False)
 
     def on_train_epoch_end(self, trainer, pl_module) -> None:
+        if not _epoch_complete(trainer):
+            return
         folder = self._folder(trainer)
         epoch = trainer.current_epoch + 1
         if epoch % pl_module.hparams.save_every == 0:
@@ -176,30 +194,36 @@ class RunCheckpoints(L.Callback):
 
 
 class LoRAExport(L.Callback):
-    """Writes the LoRA (PEFT folder + ComfyUI single file) every `save_every` epochs and at the end."""
+    """Writes the LoRA (PEFT folder + ComfyUI single file) every `save_every` epochs and at the end.
+
+    Every rank reads the metrics (under DDP that is a collective), only rank zero writes.
+    """
 
     def __init__(self):
         self.exported_epochs: list[int] = []
 
-    def export(self, trainer, pl_module, epoch: int) -> Path:
+    def export(self, trainer, pl_module, epoch: int) -> None:
+        metadata = training_metadata(trainer, pl_module, epoch)
+        if not trainer.is_global_zero:
+            return
         folder = run_dir(trainer) / "lora" / f"epoch_{epoch:03d}"
         weights = extract_lora(pl_module.dit)
-        weights.metadata.update(training_metadata(trainer, pl_module, epoch))
+        weights.metadata.update(metadata)
         write_peft_folder(folder / "adapter", weights, dtype=torch.float32)
         write_comfyui_file(folder / f"{run_dir(trainer).name}_epoch_{epoch:03d}.safetensors", weights, dtype=torch.bfloat16)
         log.info("LoRA for epoch %d written to %s", epoch, folder)
-        self.exported_epochs.append(epoch)
-        return folder
 
     def on_train_epoch_end(self, trainer, pl_module) -> None:
         epoch = trainer.current_epoch + 1
-        if epoch % pl_module.hparams.save_every == 0 and trainer.is_global_zero:
+        if epoch % pl_module.hparams.save_every == 0:
             self.export(trainer, pl_module, epoch)
+            self.exported_epochs.append(epoch)
 
     def on_train_end(self, trainer, pl_module) -> None:
         epoch = trainer.current_epoch if trainer.current_epoch else 1
-        if trainer.is_global_zero and epoch not in self.exported_epochs and trainer.global_step > 0:
+        if epoch not in self.exported_epochs and trainer.global_step > 0:
             self.export(trainer, pl_module, epoch)
+            self.exported_epochs.append(epoch)
 
     def state_dict(self) -> dict:
         return {"exported_epochs": list(self.exported_epochs)}

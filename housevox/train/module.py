@@ -11,6 +11,7 @@ import secrets
 
 import lightning as L
 import torch
+from torchmetrics.aggregation import MeanMetric
 
 from housevox.acestep import AceStepConfig, flow, load_dit, load_null_condition, locate_checkpoint
 from housevox.errors import HousevoxError
@@ -113,6 +114,10 @@ class HouseVoxLoRA(L.LightningModule):
         self.dit = None
         self.plan = None
         self.strict_loading = False  # checkpoints hold the LoRA only, never the frozen base
+        # The epoch's mean loss; its running sum goes into checkpoints, so a mid-epoch resume reports
+        # (and writes into the LoRA metadata) the same train/loss_epoch as an uninterrupted run.
+        self.epoch_loss = MeanMetric(nan_strategy="disable")
+        self.epoch_loss_epoch = None  # the epoch whose losses epoch_loss holds
 
     def describe_base(self, checkpoint_dir: str) -> tuple[AceStepConfig, str]:
         """Config and fingerprint of the frozen base (a benchmark overrides this and `load_base`)."""
@@ -179,7 +184,11 @@ class HouseVoxLoRA(L.LightningModule):
         drop = torch.rand(x0.shape[0], generator=gen) < self.hparams.cfg_ratio  # decided on the host: no sync
         loss = self.flow_loss(batch, self._to_device(t), self._to_device(noise),
                               self._to_device(drop) if drop.any() else None)
-        self.log("train/loss_epoch", loss, on_step=False, on_epoch=True, batch_size=x0.shape[0])
+        if self.epoch_loss_epoch != self.current_epoch:
+            self.epoch_loss.reset()
+            self.epoch_loss_epoch = self.current_epoch
+        self.epoch_loss.update(loss.detach(), x0.shape[0])
+        self.log("train/loss_epoch", self.epoch_loss, on_step=False, on_epoch=True, batch_size=x0.shape[0])
         return loss
 
     def validation_step(self, batch: dict, batch_idx: int) -> None:
@@ -188,7 +197,7 @@ class HouseVoxLoRA(L.LightningModule):
         gen = step_generator(VAL_NOISE_SEED, batch_idx)
         noise = torch.randn(x0.shape, generator=gen).to(self.device)
         losses = [self.flow_loss(batch, torch.full((x0.shape[0],), t, device=self.device), noise) for t in VAL_TIMESTEPS]
-        self.log("val/loss", torch.stack(losses).mean(), on_epoch=True, batch_size=x0.shape[0])
+        self.log("val/loss", torch.stack(losses).mean(), on_epoch=True, batch_size=x0.shape[0], sync_dist=True)
 
     def configure_optimizers(self):
         return build_optimizer(self.trainable_parameters(), self.hparams.optimizer_type, self.hparams.learning_rate,
@@ -213,6 +222,9 @@ class HouseVoxLoRA(L.LightningModule):
         trainable = {name for name, p in self.named_parameters() if p.requires_grad}
         checkpoint["state_dict"] = {k: v for k, v in checkpoint["state_dict"].items() if k in trainable}
         checkpoint["housevox"] = {"run_seed": self.run_seed, **self.run_identity()}
+        checkpoint["housevox"]["epoch_loss"] = {"epoch": self.epoch_loss_epoch,
+                                                "sum": self.epoch_loss.mean_value.detach().cpu().clone(),
+                                                "weight": self.epoch_loss.weight.detach().cpu().clone()}
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
         saved = checkpoint.get("housevox")
@@ -225,4 +237,8 @@ class HouseVoxLoRA(L.LightningModule):
                 raise HousevoxError(f"cannot resume: the checkpoint was trained with a different {what}; "
                                     f"start a new run (--run_name) or restore the original setting")
         self.run_seed = int(saved["run_seed"])
+        if saved.get("epoch_loss"):  # the running epoch loss: a mid-epoch resume reports the whole epoch's mean
+            self.epoch_loss.mean_value = saved["epoch_loss"]["sum"].to(self.epoch_loss.mean_value.device)
+            self.epoch_loss.weight = saved["epoch_loss"]["weight"].to(self.epoch_loss.weight.device)
+            self.epoch_loss_epoch = saved["epoch_loss"]["epoch"]
         self._share_seed()
