@@ -30,6 +30,7 @@ from housevox.audio.loudness import capped_gain_db, db_to_amplitude, integrated_
 from housevox.audio.resample import resample
 from housevox.audio.slicing import plan_segments
 from housevox.errors import HousevoxError, UsageError, run_cli
+from housevox.jsonfile import read_json_object
 
 PREP_VERSION = 1  # bump when the audio written for the same input and settings changes
 SAMPLE_RATE = 44100
@@ -102,12 +103,7 @@ def read_captions(source: Path, default_caption: str | None) -> dict:
     fields = dict.fromkeys(CAPTION_FIELDS)
     sidecar = source.with_suffix(".json")
     if sidecar.is_file():
-        try:
-            data = json.loads(sidecar.read_text(encoding="utf-8"))
-        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-            raise HousevoxError(f"{sidecar}: unreadable caption sidecar ({exc})") from None
-        if not isinstance(data, dict):
-            raise HousevoxError(f"{sidecar}: caption sidecar must be a JSON object")
+        data = read_json_object(sidecar, "caption sidecar")
         fields.update({k: data[k] for k in CAPTION_FIELDS if k in data})
     for field, path in (("caption", source.with_suffix(".txt")), ("lyrics", source.with_name(source.stem + ".lyrics.txt"))):
         if fields[field] is None and path.is_file():

@@ -1,6 +1,5 @@
 """Training end to end on the tiny model: exact resume after SIGKILL, logs, checkpoints, 8-bit state, errors."""
 
-import json
 import os
 import signal
 import subprocess

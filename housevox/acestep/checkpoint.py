@@ -20,6 +20,7 @@ from torch import nn
 
 from housevox.acestep.config import AceStepConfig
 from housevox.errors import HousevoxError
+from housevox.jsonfile import read_json_object
 
 TEXT_ENCODER_DIRNAME = "Qwen3-Embedding-0.6B"
 _FINGERPRINT_BYTES = 1 << 20
@@ -114,10 +115,7 @@ def _short(exc: Exception) -> str:
 
 
 def _read_json(path: Path) -> dict:
-    try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise HousevoxError(f"{path}: unreadable JSON ({_short(exc)})") from None
+    return read_json_object(path)
 
 
 def _weight_files(folder: Path, stem: str) -> tuple[Path, ...]:

@@ -5,11 +5,11 @@ the file size; its targets named modules ACE-Step does not have. Both are visibl
 from the config alone, as are a few schedule mistakes.
 """
 
-import math
 
 import torch
 
 from housevox.lora.targets import ORIGINAL_TO_DIFFUSERS, LoRASettings, TargetPlan
+from housevox.train.schedule import restart_steps
 
 _WEAK_OR_STRONG = 4.0  # alpha/r this far from 1 (either way) is almost always a typo
 
@@ -17,15 +17,6 @@ _WEAK_OR_STRONG = 4.0  # alpha/r this far from 1 (either way) is almost always a
 def size_mb(params: int, dtype: torch.dtype) -> float:
     """LoRA file size in MB (10^6 bytes), headers aside."""
     return params * torch.empty((), dtype=dtype).element_size() / 1e6
-
-
-def restart_steps(warmup_steps: int, total_steps: int, num_cycles: int, cycle_steps: int | None) -> list[int]:
-    """Optimizer steps at which cosine-with-restarts jumps back to peak lr (after warmup)."""
-    cycle = cycle_steps or (total_steps - warmup_steps) / max(num_cycles, 1)
-    if cycle <= 0:
-        return []
-    count = math.ceil((total_steps - warmup_steps) / cycle)
-    return [round(warmup_steps + k * cycle) for k in range(1, count) if warmup_steps + k * cycle < total_steps]
 
 
 def lint_run(

@@ -1,9 +1,9 @@
 """The seed's flat JSON config → housevox's LightningCLI config (model / data / trainer)."""
 
-import json
 from pathlib import Path
 
 from housevox.errors import HousevoxError
+from housevox.jsonfile import read_json_object
 
 MODEL_FIELDS = (
     "rank", "alpha", "dropout", "target_modules_str", "attention_type", "bias", "learning_rate", "weight_decay",
@@ -33,11 +33,4 @@ def seed_to_config(seed: dict, source: str = "seed config") -> dict:
 
 
 def load_seed_json(path: str | Path) -> dict:
-    path = Path(path)
-    try:
-        seed = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise HousevoxError(f"{path}: unreadable seed JSON ({exc})") from None
-    if not isinstance(seed, dict):
-        raise HousevoxError(f"{path}: a seed config is a JSON object")
-    return seed_to_config(seed, str(path))
+    return seed_to_config(read_json_object(path, "seed config"), str(path))
