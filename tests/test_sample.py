@@ -170,7 +170,7 @@ def test_audio_preview_writes_wav_and_tensorboard_audio(tiny_checkpoint, loras, 
 
     trainer.current_epoch, trainer.global_step = 1, 10
     preview.on_train_epoch_end(trainer, module)
-    wav = samples / "epoch_001.wav"
+    wav = samples / "epoch_002.wav"
     assert sf.info(wav).frames == FRAMES_2S and dit.training
     settings = json.loads(wav.with_name(wav.name + ".json").read_text())
     assert (settings["caption"], settings["key"]) == (rows[0]["caption"], "F minor")

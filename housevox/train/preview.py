@@ -53,7 +53,7 @@ class AudioPreview(L.Callback):
             return
         take = self.take(trainer, pl_module)
         audio = self.render(pl_module, take)
-        path = run_dir(trainer) / "samples" / f"epoch_{trainer.current_epoch:03d}.wav"
+        path = run_dir(trainer) / "samples" / f"epoch_{trainer.current_epoch + 1:03d}.wav"  # 1-based, like lora/epoch_NNN
         write_wav(path, audio, {**asdict(take), "epoch": trainer.current_epoch, "global_step": trainer.global_step})
         log.info("preview: wrote %s", path)
         for logger in trainer.loggers:
