@@ -202,6 +202,8 @@ def _remove_stale_segments(output: Path, track: str, keep: set[str]) -> None:
     """Drop this track's files that this run did not write: segments of an older version of the
     input, and temp files a killed run left behind (atomic_path names them `.<name>.<random>.tmp`)."""
     pattern = re.compile(r"\.?" + re.escape(track) + r"_\d{3,}\.wav(\..+\.tmp)?")
+    if not output.is_dir():  # nothing written yet (a first track that was skipped)
+        return
     for path in output.iterdir():
         if pattern.fullmatch(path.name) and path.name not in keep:
             path.unlink(missing_ok=True)
