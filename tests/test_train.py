@@ -177,3 +177,16 @@ def test_ddp_two_cpu_processes(tmp_path, tiny_checkpoint, tiny_segments):
     run = tmp_path / "lightning_logs" / "t"
     assert torch.load(run / "checkpoints" / "last.ckpt", weights_only=True)["global_step"] == 2
     assert (run / "lora" / "epoch_001" / "adapter" / "adapter_model.safetensors").is_file()
+
+
+def test_drawn_seed_is_stored_and_restored_never_redrawn(tmp_path, tiny_checkpoint, tiny_segments):
+    config = write_config(tmp_path / "cfg.yaml", tiny_checkpoint, tiny_segments, seed=-1)
+    last = tmp_path / "lightning_logs" / "t" / "checkpoints" / "last.ckpt"
+    first = run_fit(config, tmp_path, "--trainer.callbacks+=kill_at_step.KillAtStep", "--trainer.max_epochs", "2",
+                    kill_at_step=5)
+    assert first.returncode == -signal.SIGKILL and "drew run seed" in first.stderr
+    drawn = torch.load(last, weights_only=True)["housevox"]["run_seed"]
+    resumed = run_fit(config, tmp_path, "--ckpt_path", "last", "--trainer.max_epochs", "2")
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert "drew run seed" not in resumed.stderr
+    assert torch.load(last, weights_only=True)["housevox"]["run_seed"] == drawn

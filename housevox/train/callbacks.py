@@ -45,7 +45,8 @@ class CosineRestartSchedule(L.Callback):
     def __init__(self):
         self.total_steps = None
 
-    def on_fit_start(self, trainer, pl_module) -> None:
+    def on_train_start(self, trainer, pl_module) -> None:
+        # Not on_fit_start: estimating the steps builds the train loader, which must wait for the run seed.
         if self.total_steps is None:
             self.total_steps = int(trainer.estimated_stepping_batches)
 
@@ -256,7 +257,7 @@ def training_metadata(trainer, pl_module, epoch: int) -> dict[str, str]:
 class RunLint(L.Callback):
     """Prints the configuration lint before any compute is spent (the V1 alpha-6 story, dead targets...)."""
 
-    def on_fit_start(self, trainer, pl_module) -> None:
+    def on_train_start(self, trainer, pl_module) -> None:
         from housevox.lora import lint_run
 
         if not trainer.is_global_zero or trainer.global_step > 0:

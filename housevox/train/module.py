@@ -143,7 +143,8 @@ class HouseVoxLoRA(L.LightningModule):
         self.dit = dit.train()
         self.register_buffer("null_condition", null_condition.to(device), persistent=False)
 
-    def setup(self, stage: str) -> None:
+    def on_fit_start(self) -> None:
+        """After any checkpoint restore, before the first batch: a resumed run already has its seed."""
         if self.run_seed is None:
             self.run_seed = secrets.randbelow(2**31)
             log.info("seed -1: drew run seed %d (stored in checkpoints for exact resume)", self.run_seed)
@@ -151,7 +152,7 @@ class HouseVoxLoRA(L.LightningModule):
 
     def _share_seed(self) -> None:
         datamodule = getattr(self.trainer, "datamodule", None) if self._trainer else None
-        if datamodule is not None:
+        if datamodule is not None and self.run_seed is not None:
             datamodule.seed = self.run_seed
 
     def trainable_parameters(self):
@@ -237,6 +238,7 @@ class HouseVoxLoRA(L.LightningModule):
                 raise HousevoxError(f"cannot resume: the checkpoint was trained with a different {what}; "
                                     f"start a new run (--run_name) or restore the original setting")
         self.run_seed = int(saved["run_seed"])
+        log.info("resuming with run seed %d from the checkpoint", self.run_seed)
         if saved.get("epoch_loss"):  # the running epoch loss: a mid-epoch resume reports the whole epoch's mean
             self.epoch_loss.mean_value = saved["epoch_loss"]["sum"].to(self.epoch_loss.mean_value.device)
             self.epoch_loss.weight = saved["epoch_loss"]["weight"].to(self.epoch_loss.weight.device)
