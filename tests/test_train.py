@@ -12,7 +12,7 @@ import yaml
 from safetensors.torch import load_file
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-from housevox.errors import run_cli
+from housevox.errors import HousevoxError, run_cli
 from housevox.fit import main as fit_main
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -190,3 +190,19 @@ def test_drawn_seed_is_stored_and_restored_never_redrawn(tmp_path, tiny_checkpoi
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     assert "drew run seed" not in resumed.stderr
     assert torch.load(last, weights_only=True)["housevox"]["run_seed"] == drawn
+
+
+def test_init_lora_starts_from_an_exported_file(reference_run, tiny_checkpoint):
+    from housevox.lora import extract_lora, read_lora
+    from housevox.train.module import HouseVoxLoRA
+
+    run = reference_run[0]
+    exported = run / "lora" / "epoch_003" / "t_epoch_003.safetensors"
+    module = HouseVoxLoRA(str(tiny_checkpoint), rank=4, alpha=8, init_lora=str(exported))
+    module.configure_model()
+    ours, file = extract_lora(module.dit), read_lora(exported)
+    assert ours.modules.keys() == file.modules.keys()
+    assert all(torch.equal(ours.modules[k][0], file.modules[k][0].float()) for k in file.modules)
+    wrong_rank = HouseVoxLoRA(str(tiny_checkpoint), rank=8, alpha=8, init_lora=str(exported))
+    with pytest.raises(HousevoxError, match="rank"):
+        wrong_rank.configure_model()

@@ -1,6 +1,7 @@
 """`python -m housevox.acestep.info DIR`: what a checkpoint folder holds, and what it lacks."""
 
 import argparse
+import math
 import sys
 from collections import Counter
 
@@ -13,6 +14,17 @@ from housevox.errors import run_cli
 
 def _count(module, exclude=()) -> int:
     return sum(p.numel() for n, p in module.named_parameters() if n not in exclude)
+
+
+def _header_params(folder) -> int | None:
+    """Parameters in a folder's safetensors files, from the headers alone (no tensor is read)."""
+    if folder is None:
+        return None
+    total = 0
+    for path in folder.glob("*.safetensors"):
+        with safe_open(path, "pt") as fh:
+            total += sum(math.prod(fh.get_slice(k).get_shape()) for k in fh.keys())
+    return total
 
 
 def describe(checkpoint_dir) -> list[str]:
@@ -30,6 +42,9 @@ def describe(checkpoint_dir) -> list[str]:
         ) if not present
     ]
     shards = len(set(ckpt.dit.files) | set(ckpt.condition_encoder.files))
+    extra = [f"{name} {count:,}" for name, count in (("VAE", _header_params(ckpt.vae_dir)),
+                                                      ("text encoder", _header_params(ckpt.text_encoder_dir)))
+             if count is not None]
     return [
         f"checkpoint:   {ckpt.root} ({ckpt.layout} layout)",
         f"variant:      {cfg.variant} ({'XL' if cfg.xl_layout else '2B'} condition-encoder layout)",
@@ -39,7 +54,7 @@ def describe(checkpoint_dir) -> list[str]:
         f"{cfg.num_lyric_encoder_hidden_layers} lyric / {cfg.num_timbre_encoder_hidden_layers} timbre layers",
         f"timesteps:    logit-normal mu {cfg.timestep_mu}, sigma {cfg.timestep_sigma}",
         f"parameters:   DiT {_count(build_dit(cfg)):,}, condition encoder "
-        f"{_count(build_condition_encoder(cfg), exclude=(SILENCE_BUFFER,)):,}",
+        f"{_count(build_condition_encoder(cfg), exclude=(SILENCE_BUFFER,)):,}" + "".join(f", {e}" for e in extra),
         f"on disk:      {shards} shard(s), dtype {', '.join(f'{d} ({n} tensors)' for d, n in dtypes.most_common())}",
         f"missing:      {', '.join(missing) if missing else 'nothing'}",
     ]

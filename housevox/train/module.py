@@ -15,7 +15,7 @@ from torchmetrics.aggregation import MeanMetric
 
 from housevox.acestep import AceStepConfig, flow, load_dit, load_null_condition, locate_checkpoint
 from housevox.errors import HousevoxError
-from housevox.lora import LoRASettings, apply_lora
+from housevox.lora import LoRASettings, apply_lora, load_lora_into, read_lora
 from housevox.train.optim import OPTIMIZERS, build_optimizer
 from housevox.train.quantize import QUANTIZE_MODES, quantize_frozen_base
 
@@ -63,6 +63,7 @@ class HouseVoxLoRA(L.LightningModule):
         max_nonfinite_steps: int = 10,
         min_8bit_size: int = 4096,
         quantize_base: str = "none",
+        init_lora: str | None = None,
     ):
         """LoRA training of the ACE-Step DiT; the arguments are the seed config's fields.
 
@@ -96,6 +97,8 @@ class HouseVoxLoRA(L.LightningModule):
             max_nonfinite_steps: stop after this many non-finite steps in a row.
             min_8bit_size: tensors with fewer elements keep fp32 Adam state in adamw8bit.
             quantize_base: low-memory mode for 8-16 GB cards: none, int8 or nf4 (bitsandbytes) frozen base under the LoRA.
+            init_lora: start a new run from this LoRA (PEFT folder, ComfyUI or diffusers file) instead of zero;
+                its rank and targets must match, its alphas are kept. Ignored when resuming a checkpoint.
         """
         super().__init__()
         self.save_hyperparameters()
@@ -138,6 +141,8 @@ class HouseVoxLoRA(L.LightningModule):
         if self.hparams.quantize_base != "none":
             quantize_frozen_base(dit, self.hparams.quantize_base)
         self.plan = apply_lora(dit, self.lora_settings)
+        if self.hparams.init_lora:
+            load_lora_into(dit, read_lora(self.hparams.init_lora), source=str(self.hparams.init_lora))
         if self.hparams.gradient_checkpointing:
             dit.enable_gradient_checkpointing()
         self.dit = dit.train()
