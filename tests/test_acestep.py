@@ -141,6 +141,11 @@ def test_diffusers_layout_loads_the_same_weights(tmp_path, tiny_checkpoint):
         sa, sb = a.state_dict(), b.state_dict()
         assert sa.keys() == sb.keys() and all(torch.equal(sa[k], sb[k]) for k in sa)
     assert encoder2.timbre_encoder.prepend_special_token
+    dit_config = json.loads((root / "transformer" / "config.json").read_text())
+    del dit_config["encoder_hidden_size"]  # width known only from condition_encoder/config.json
+    (root / "transformer" / "config.json").write_text(json.dumps(dit_config))
+    assert load_condition_encoder(root).timbre_encoder.prepend_special_token
+    assert torch.equal(load_dit(root).condition_embedder.weight, dit.condition_embedder.weight)
 
 
 def _info_error(path, capsys) -> str:

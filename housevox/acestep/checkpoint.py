@@ -183,10 +183,11 @@ def _locate_diffusers(root: Path) -> CheckpointFolder:
     dit_cfg = _read_json(root / "transformer" / "config.json")
     enc_cfg = _read_json(root / "condition_encoder" / "config.json")
     raw = {k: v for k, v in dit_cfg.items() if not k.startswith("_")}
-    if raw.get("encoder_hidden_size") is None:
-        raw.pop("encoder_hidden_size", None)
-    else:
+    width = raw.get("encoder_hidden_size") or enc_cfg.get("hidden_size") or raw.get("hidden_size")
+    raw.pop("encoder_hidden_size", None)
+    if width != raw.get("hidden_size"):  # the XL layout: a narrower condition encoder, described by its own config
         raw.update(
+            encoder_hidden_size=width,
             encoder_intermediate_size=enc_cfg.get("intermediate_size"),
             encoder_num_attention_heads=enc_cfg.get("num_attention_heads"),
             encoder_num_key_value_heads=enc_cfg.get("num_key_value_heads"),
