@@ -37,7 +37,10 @@ SAMPLE_RATE = 44100
 SEGMENT_S = 30.0
 OVERLAP_S = 1.0
 SEARCH_S = 0.010
-AUDIO_SUFFIXES = {".wav", ".wave", ".flac", ".ogg", ".oga", ".mp3", ".aif", ".aiff", ".aifc"}
+AUDIO_SUFFIXES = {".wav", ".wave", ".flac", ".ogg", ".oga", ".opus", ".mp3", ".aif", ".aiff", ".aifc"}
+# Audio that libsndfile cannot decode: collected from folders anyway, so the report names each file and the
+# fix, instead of the track silently missing from the dataset.
+UNSUPPORTED_SUFFIXES = {".m4a", ".aac", ".mp4", ".wma", ".alac", ".ape", ".wv", ".caf"}
 CAPTION_FIELDS = ("caption", "lyrics", "bpm", "key", "timesignature", "language")
 DONE_DIR = ".prep-done"
 
@@ -75,7 +78,7 @@ def collect_inputs(paths: Sequence[Path], output: Path) -> list[Path]:
         if path.is_dir():
             found = [
                 p for p in path.rglob("*")
-                if p.suffix.lower() in AUDIO_SUFFIXES and not p.name.startswith(".") and p.is_file()
+                if p.suffix.lower() in AUDIO_SUFFIXES | UNSUPPORTED_SUFFIXES and not p.name.startswith(".") and p.is_file()
                 and output not in p.resolve().parents
             ]
             if not found:
@@ -137,7 +140,7 @@ def process_track(job: Job) -> dict:
             return done | {"reused": True}
         result |= _segment_track(job, sha)
     except HousevoxError as exc:
-        result["reason"] = str(exc)
+        result["reason"] = str(exc).removeprefix(f"{job.source}: ")  # the row names the source already
         return result
     _remove_stale_segments(job.output, job.track, {row["file"] for row in result["rows"]})
     write_json(marker, result | {"key": key})

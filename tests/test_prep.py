@@ -298,3 +298,17 @@ def test_cli_module_reports_a_missing_path_without_a_traceback(tmp_path):
                            str(tmp_path / "out")], capture_output=True, text=True)
     assert proc.returncode == 2
     assert proc.stderr.strip().splitlines() == [f"error: input not found: {tmp_path / 'nope'}"]
+
+
+def test_formats_libsndfile_cannot_read_are_reported_with_the_fix(tmp_path):
+    """An .m4a in a folder is not silently left out of the dataset: the report names it and how to convert it."""
+    src = tmp_path / "src"
+    src.mkdir()
+    write_pcm24(src / "ok.wav", quantize_pcm24(music(31.0)), SR)
+    (src / "phone.m4a").write_bytes(b"\x00\x00\x00\x20ftypM4A " + bytes(2000))
+    out = tmp_path / "out"
+    assert run_cli(prep.main, ["--input", str(src), "--output", str(out), "--workers", "1"]) == 0
+    report = json.loads((out / "report.json").read_text())
+    (failed,) = report["failed"]
+    assert failed["source"].endswith("phone.m4a")
+    assert "convert it to WAV or FLAC" in failed["reason"] and not failed["reason"].startswith(failed["source"])

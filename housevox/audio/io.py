@@ -30,7 +30,9 @@ def load_audio(path: str | os.PathLike) -> tuple[np.ndarray, int]:
             data = f.read(dtype="float32", always_2d=True)
             log = f.extra_info
     except sf.LibsndfileError as exc:  # its error_string omits the path that we put in front
-        raise HousevoxError(f"{path}: cannot read audio ({exc.error_string.removeprefix('Error : ').rstrip('.')})") from None
+        reason = exc.error_string.removeprefix("Error : ").rstrip(".")
+        hint = "; convert it to WAV or FLAC first, e.g. ffmpeg -i in.m4a out.wav" if "not recognised" in reason else ""
+        raise HousevoxError(f"{path}: cannot read audio ({reason}){hint}") from None
     except (OSError, RuntimeError) as exc:
         raise HousevoxError(f"{path}: cannot read audio ({exc})") from None
     for header_size, present in _CHUNK_SIZE_MISMATCH.findall(log):
