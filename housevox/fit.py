@@ -144,6 +144,7 @@ def main(argv=None) -> int:
             HouseVoxLoRA, SegmentCacheDataModule, args=argv,
             trainer_defaults={**TRAINER_DEFAULTS, "callbacks": callbacks()},
             save_config_kwargs={"overwrite": True},
+            auto_configure_optimizers=False,  # model.optimizer_type chooses; a second --optimizer would be ignored
             parser_kwargs={"exit_on_error": False},
         )
     except HousevoxError:
