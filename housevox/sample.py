@@ -22,7 +22,7 @@ import torch
 from tqdm import tqdm
 
 import housevox
-from housevox.acestep import load_dit, load_silence_latent, load_vae, open_checkpoint
+from housevox.acestep import load_dit, load_silence_latent, load_vae, model_dtype, open_checkpoint
 from housevox.acestep.conditioning import ConditionBuilder, context_latents
 from housevox.acestep.flow import classifier_free_guidance, euler_sample
 from housevox.atomic import atomic_path, write_json
@@ -58,11 +58,6 @@ class Take:
     @property
     def frames(self) -> int:
         return round(self.duration_s * LATENT_FPS)
-
-
-def model_dtype(device: torch.device) -> torch.dtype:
-    """bf16 on CUDA, fp32 on CPU: the dtype training and the cache builder use."""
-    return torch.bfloat16 if device.type == "cuda" else torch.float32
 
 
 def encode_take(builder: ConditionBuilder, take: Take) -> tuple[torch.Tensor, torch.Tensor]:

@@ -10,6 +10,7 @@ from housevox.acestep.loading import (
     load_silence_latent,
     load_text_encoder,
     load_vae,
+    model_dtype,
     open_checkpoint,
 )
 
@@ -24,5 +25,6 @@ __all__ = [
     "load_text_encoder",
     "load_vae",
     "locate_checkpoint",
+    "model_dtype",
     "open_checkpoint",
 ]

@@ -1,6 +1,5 @@
 """Public loaders: one function per ACE-Step part, all reading through `checkpoint.py`."""
 
-import json
 import warnings
 from pathlib import Path
 
@@ -20,8 +19,14 @@ from housevox.acestep.checkpoint import (
 from housevox.acestep.config import AceStepConfig
 from housevox.acestep.modules import AceStepDiT, ConditionEncoder, build_condition_encoder, build_dit
 from housevox.errors import HousevoxError
+from housevox.jsonfile import read_json_object
 
 SILENCE_BUFFER = "silence_latent"
+
+
+def model_dtype(device: torch.device | str) -> torch.dtype:
+    """bf16 on CUDA, fp32 on CPU: the one dtype rule for training, the cache builder and sampling."""
+    return torch.bfloat16 if torch.device(device).type == "cuda" else torch.float32
 
 
 def open_checkpoint(checkpoint_dir: str | Path) -> CheckpointFolder:
@@ -91,9 +96,9 @@ def load_vae(checkpoint_dir, dtype: torch.dtype = torch.float32, device="cpu"):
     ckpt = locate_checkpoint(checkpoint_dir)
     if ckpt.vae_dir is None:
         raise HousevoxError(f"{ckpt.root}: no vae/ folder next to or inside the checkpoint")
-    config = json.loads((ckpt.vae_dir / "config.json").read_text()) if (ckpt.vae_dir / "config.json").is_file() else None
-    if config is None:
+    if not (ckpt.vae_dir / "config.json").is_file():
         raise HousevoxError(f"{ckpt.vae_dir}: missing config.json")
+    config = read_json_object(ckpt.vae_dir / "config.json", "VAE config")
     with torch.device("meta"), warnings.catch_warnings():
         warnings.simplefilter("ignore", FutureWarning)  # Oobleck still uses the old weight_norm API
         vae = AutoencoderOobleck.from_config(config)

@@ -22,7 +22,7 @@ import torch
 from safetensors import SafetensorError, safe_open
 from tqdm import tqdm
 
-from housevox.acestep import load_silence_latent, load_vae, open_checkpoint
+from housevox.acestep import load_silence_latent, load_vae, model_dtype, open_checkpoint
 from housevox.acestep.conditioning import ConditionBuilder, context_latents
 from housevox.atomic import save_safetensors, write_json
 from housevox.audio.channels import downmix_to_stereo
@@ -330,7 +330,7 @@ def _build_entries(todo, segments_dir, checkpoint_dir, cache_dir, fingerprint, d
     if not todo:
         return failed
     device = torch.device(device)
-    encoders = _Encoders(checkpoint_dir, device, dtype or (torch.bfloat16 if device.type == "cuda" else torch.float32))
+    encoders = _Encoders(checkpoint_dir, device, dtype or model_dtype(device))
     try:
         for record in tqdm(todo, desc="building segment cache", unit="segment", file=sys.stderr, dynamic_ncols=True):
             try:

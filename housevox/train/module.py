@@ -13,7 +13,7 @@ import lightning as L
 import torch
 from torchmetrics.aggregation import MeanMetric
 
-from housevox.acestep import AceStepConfig, flow, load_dit, load_null_condition, locate_checkpoint
+from housevox.acestep import AceStepConfig, flow, load_dit, load_null_condition, locate_checkpoint, model_dtype
 from housevox.errors import HousevoxError
 from housevox.lora import LoRASettings, apply_lora, load_lora_into, read_lora
 from housevox.train.optim import OPTIMIZERS, build_optimizer
@@ -136,8 +136,7 @@ class HouseVoxLoRA(L.LightningModule):
         if self.dit is not None:
             return
         device = self.trainer.strategy.root_device if self._trainer else torch.device("cpu")
-        base_dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
-        dit, null_condition = self.load_base(base_dtype, device)
+        dit, null_condition = self.load_base(model_dtype(device), device)
         if self.hparams.quantize_base != "none":
             quantize_frozen_base(dit, self.hparams.quantize_base)
         self.plan = apply_lora(dit, self.lora_settings)

@@ -13,9 +13,9 @@ import torch
 from lightning.pytorch.loggers import TensorBoardLogger
 from lightning.pytorch.utilities import rank_zero_only
 
-from housevox.acestep import load_silence_latent, load_vae
+from housevox.acestep import load_silence_latent, load_vae, model_dtype
 from housevox.acestep.conditioning import ConditionBuilder
-from housevox.sample import DEFAULT_CFG, DEFAULT_PROMPT, SAMPLE_RATE, Take, model_dtype, render, write_wav
+from housevox.sample import DEFAULT_CFG, DEFAULT_PROMPT, SAMPLE_RATE, Take, render, write_wav
 from housevox.train.callbacks import run_dir
 
 log = logging.getLogger("housevox")

@@ -10,6 +10,7 @@ for both modes, so CPU runs (tests, smoke benchmarks) take the same path as CUDA
 import torch
 from torch import nn
 
+from housevox.acestep.loading import model_dtype
 from housevox.errors import HousevoxError
 
 QUANTIZE_MODES = ("none", "int8", "nf4")
@@ -29,7 +30,7 @@ def _quantized_copy(linear: nn.Linear, mode: str) -> nn.Module:
         cb, scb, _ = bnb.functional.int8_vectorwise_quant(weight.to(torch.float16))
         layer.weight = bnb.nn.Int8Params(cb, requires_grad=False, has_fp16_weights=False, CB=cb, SCB=scb)
     else:
-        compute_dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
+        compute_dtype = model_dtype(device)
         layer = bnb.nn.Linear4bit(linear.in_features, linear.out_features, bias=has_bias, compute_dtype=compute_dtype,
                                   quant_type="nf4", device="meta")
         layer.weight = bnb.nn.Params4bit(weight, requires_grad=False, quant_type="nf4", module=layer)
