@@ -1,18 +1,29 @@
 # The two commands a newcomer needs: `make demo` and `make test`.
+# Both install exactly uv.lock (made by `make lock`) into .venv with a pinned uv,
+# which is itself bootstrapped from PyPI into .tools/.
 PYTHON ?= python3
 VENV ?= .venv
+UV_VERSION := 0.13.9
+TOOLS := .tools
+UV := $(TOOLS)/bin/uv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.housevox-installed
+export UV_PROJECT_ENVIRONMENT := $(abspath $(VENV))
 
-.PHONY: install demo test test-fast clean
+.PHONY: install lock demo test test-fast clean
 
 install: $(STAMP)
 
-$(STAMP): pyproject.toml
-	$(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet -e '.[dev]'
+$(UV):
+	$(PYTHON) -m venv $(TOOLS)
+	$(TOOLS)/bin/python -m pip install --quiet --disable-pip-version-check uv==$(UV_VERSION)
+
+$(STAMP): pyproject.toml uv.lock | $(UV)
+	$(UV) sync --locked --extra dev --python $(PYTHON)
 	touch $(STAMP)
+
+lock: | $(UV)
+	$(UV) lock
 
 demo: $(STAMP)
 	$(PY) -m housevox.fit fit --config configs/demo.yaml
@@ -24,4 +35,4 @@ test-fast: $(STAMP)
 	$(PY) -m pytest -q -m "not slow"
 
 clean:
-	rm -rf $(VENV) lightning_logs demo
+	rm -rf $(VENV) $(TOOLS) lightning_logs demo
