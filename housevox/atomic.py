@@ -59,6 +59,12 @@ def write_json(path: str | os.PathLike, obj) -> None:
     write_text(path, json.dumps(obj, indent=2, sort_keys=True) + "\n")
 
 
+def save_torch(obj, path: str | os.PathLike) -> None:
+    """torch.save through an open file: given a path, torch names the archive's root folder after the temp file."""
+    with atomic_path(path) as tmp, open(tmp, "wb") as fh:
+        torch.save(obj, fh)
+
+
 def save_safetensors(tensors: dict[str, torch.Tensor], path: str | os.PathLike, metadata: dict[str, str] | None = None) -> None:
     tensors = {k: v.detach().contiguous().cpu() for k, v in tensors.items()}
     write_bytes(path, canonical_safetensors(safetensors_bytes(tensors, metadata=metadata)))

@@ -12,6 +12,7 @@ import hashlib
 import json
 import math
 import multiprocessing
+import os
 import re
 import signal
 import sys
@@ -54,9 +55,9 @@ class Settings:
     stereo: bool = False
     keep_short: bool = False
 
-    def track_key(self, track: str, source: Path, source_sha256: str) -> str:
+    def track_key(self, track: str, source: str, source_sha256: str) -> str:
         fixed = dict(version=PREP_VERSION, sample_rate=SAMPLE_RATE, segment_s=SEGMENT_S, overlap_s=OVERLAP_S, search_s=SEARCH_S)
-        blob = json.dumps([track, str(source), source_sha256, asdict(self), fixed], sort_keys=True)
+        blob = json.dumps([track, source, source_sha256, asdict(self), fixed], sort_keys=True)
         return hashlib.sha256(blob.encode()).hexdigest()
 
 
@@ -66,6 +67,19 @@ class Job:
     track: str
     output: Path
     settings: Settings
+
+    @property
+    def source_label(self) -> str:
+        return source_label(self.source, self.output)
+
+
+def source_label(source: Path, output: Path) -> str:
+    """The source as written into manifest, report and markers: relative to the output folder, so the
+    same project in another folder (or on another machine) writes the same bytes."""
+    try:
+        return Path(os.path.relpath(source, output.resolve())).as_posix()
+    except ValueError:  # another drive on Windows
+        return source.as_posix()
 
 
 def collect_inputs(paths: Sequence[Path], output: Path) -> list[Path]:
@@ -129,11 +143,11 @@ def sha256_file(path: Path) -> str:
 
 def process_track(job: Job) -> dict:
     """Segment one track (or reuse its finished result); problems with the input come back as a reason."""
-    result = {"source": str(job.source), "track": job.track, "status": "failed", "reason": None,
+    result = {"source": job.source_label, "track": job.track, "status": "failed", "reason": None,
               "rows": [], "skipped_segments": [], "warnings": []}
     try:
         sha = sha256_file(job.source)
-        key = job.settings.track_key(job.track, job.source, sha)
+        key = job.settings.track_key(job.track, job.source_label, sha)
         marker = job.output / DONE_DIR / f"{job.track}.json"
         done = _read_marker(marker, key)
         if done is not None and all((job.output / row["file"]).is_file() for row in done["rows"]):
@@ -184,7 +198,7 @@ def _segment_track(job: Job, sha: str) -> dict:
         name = f"{job.track}_{index:03d}.wav"
         write_pcm24(job.output / name, pcm, SAMPLE_RATE)
         out["rows"].append({
-            "file": name, "track": job.track, "source": str(job.source), "source_sha256": sha,
+            "file": name, "track": job.track, "source": job.source_label, "source_sha256": sha,
             "segment_index": index, "start_sample": segment.start, "end_sample": segment.end,
             "start_s": round(segment.start / SAMPLE_RATE, 6), "end_s": round(segment.end / SAMPLE_RATE, 6),
             "sample_rate": SAMPLE_RATE, "channels": int(pcm.shape[0]),
@@ -311,10 +325,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     captions, results, jobs = {}, [], []
     for source in sources:
         try:
-            captions[source] = read_captions(source, args.caption)
+            captions[source_label(source, args.output)] = read_captions(source, args.caption)
             jobs.append(Job(source, track_ids[source], args.output, settings))
         except HousevoxError as exc:
-            results.append({"source": str(source), "track": track_ids[source], "status": "failed", "reason": str(exc),
+            results.append({"source": source_label(source, args.output), "track": track_ids[source], "status": "failed", "reason": str(exc),
                             "rows": [], "skipped_segments": [], "warnings": []})
     with tqdm(total=len(jobs), unit="track", file=sys.stderr, desc="prep") as bar:
         for result in run_jobs(jobs, args.workers):
@@ -323,7 +337,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             results.append(result)
             bar.update()
     results.sort(key=lambda r: r["source"])
-    rows = [row | captions[Path(row["source"])] for r in results for row in sorted(r["rows"], key=lambda x: x["segment_index"])]
+    rows = [row | captions[row["source"]] for r in results for row in sorted(r["rows"], key=lambda x: x["segment_index"])]
     write_text(args.output / "manifest.jsonl", "".join(json.dumps(row, sort_keys=True, ensure_ascii=False) + "\n" for row in rows))
     report = build_report(results, rows, settings)
     write_json(args.output / "report.json", report)

@@ -21,6 +21,7 @@ from housevox.acestep.config import AceStepConfig
 from housevox.acestep.modules import build_condition_encoder, build_dit
 from housevox.acestep.presets import PRESETS
 from housevox.errors import HousevoxError, UsageError, run_cli
+from housevox.seeding import isolated_global_rng
 
 TINY_VAE = dict(
     encoder_hidden_size=8, downsampling_ratios=[2, 4, 4, 6, 10], channel_multiples=[1, 1, 1, 1, 1],
@@ -88,13 +89,14 @@ def _audio_tokenizer_state(raw: dict) -> dict[str, torch.Tensor]:
 
 def upstream_state_dict(cfg: AceStepConfig, seed: int) -> dict[str, torch.Tensor]:
     """Every upstream key with random values (norms and biases too, so a loader that skips one fails a parity test)."""
-    torch.manual_seed(seed)
-    dit, enc = build_dit(cfg, device="cpu"), build_condition_encoder(cfg, device="cpu")
+    with isolated_global_rng(seed):
+        dit, enc = build_dit(cfg, device="cpu"), build_condition_encoder(cfg, device="cpu")
+        tokenizer_state = _audio_tokenizer_state(cfg.raw)
     state = {to_upstream_key("decoder", k): v for k, v in dit.state_dict().items()}
     for key, value in enc.state_dict().items():
         if key != "silence_latent":
             state[to_upstream_key("encoder", key)] = value
-    state.update(_audio_tokenizer_state(cfg.raw))
+    state.update(tokenizer_state)
     gen = torch.Generator().manual_seed(seed + 1)
     for key, value in state.items():
         if re.search(r"norm.*\.weight$|\.bias$", key):
@@ -126,8 +128,7 @@ def write_sharded(state: dict[str, torch.Tensor], folder: Path, stem: str, shard
 def write_vae(folder: Path, seed: int, dims: dict) -> None:
     from diffusers import AutoencoderOobleck
 
-    torch.manual_seed(seed)
-    with warnings.catch_warnings():
+    with warnings.catch_warnings(), isolated_global_rng(seed):
         warnings.simplefilter("ignore", FutureWarning)  # Oobleck still uses the old weight_norm API
         vae = AutoencoderOobleck(**dims)
     config = {"_class_name": "AutoencoderOobleck", **dims}
@@ -155,13 +156,14 @@ def write_text_encoder(folder: Path, width: int, seed: int) -> None:
     from transformers import Qwen3Config, Qwen3Model
 
     tokenizer = build_offline_tokenizer()
-    torch.manual_seed(seed)
     config = Qwen3Config(
         vocab_size=len(tokenizer), hidden_size=width, intermediate_size=2 * width, num_hidden_layers=1,
         num_attention_heads=2, num_key_value_heads=1, head_dim=max(width // 2, 8), max_position_embeddings=4096,
         pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id,
     )
-    Qwen3Model(config).save_pretrained(folder)
+    with isolated_global_rng(seed):
+        model = Qwen3Model(config)
+    model.save_pretrained(folder)
     tokenizer.save_pretrained(folder)
 
 
@@ -178,11 +180,10 @@ def make_fixture(out: str | Path, preset: str = "tiny", seed: int = 0, num_layer
     out.mkdir(parents=True, exist_ok=True)
     cfg = AceStepConfig.from_upstream(raw)
     write_sharded(upstream_state_dict(cfg, seed), out, "model", int(shard_mb * 2**20))
-    torch.manual_seed(seed + 2)
     tiny = preset.startswith("tiny")
-    silence = 0.1 * torch.randn(1, cfg.timbre_hidden_dim, 3000 if tiny else 15000)
-    with atomic.atomic_path(out / "silence_latent.pt") as tmp:
-        torch.save(silence, tmp)
+    frames = 3000 if tiny else 15000
+    silence = 0.1 * torch.randn(1, cfg.timbre_hidden_dim, frames, generator=torch.Generator().manual_seed(seed + 2))
+    atomic.save_torch(silence, out / "silence_latent.pt")
     if with_aux:
         write_vae(out / "vae", seed + 3, TINY_VAE if tiny else REAL_VAE)
         write_text_encoder(out / TEXT_ENCODER_DIRNAME, cfg.text_hidden_dim, seed + 4)

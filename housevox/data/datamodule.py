@@ -18,6 +18,7 @@ from torch.utils.data import DataLoader, Dataset, Sampler
 
 from housevox.data.cache import build_cache, entry_path, load_entry, read_index
 from housevox.errors import HousevoxError
+from housevox.seeding import derived_generator
 
 log = logging.getLogger(__name__)
 
@@ -53,10 +54,6 @@ def collate(items: list[dict]) -> dict[str, torch.Tensor]:
     return batch
 
 
-def _derived_seed(*parts) -> int:
-    return int(hashlib.sha256(repr(parts).encode()).hexdigest()[:15], 16)
-
-
 class _EpochOrder(Sampler[int]):
     """Sample order from (seed, epoch) alone; Lightning calls set_epoch on `batch_sampler.sampler`."""
 
@@ -69,7 +66,7 @@ class _EpochOrder(Sampler[int]):
     def __iter__(self) -> Iterator[int]:
         if not self.shuffle:
             return iter(range(self.n))
-        generator = torch.Generator().manual_seed(_derived_seed(self.seed, self.epoch))
+        generator = derived_generator(self.seed, self.epoch)
         return iter(torch.randperm(self.n, generator=generator).tolist())
 
     def __len__(self) -> int:

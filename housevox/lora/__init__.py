@@ -17,6 +17,7 @@ from housevox.lora.targets import (
     LoRASettings,
     TargetPlan,
     apply_lora,
+    init_lora_weights,
     resolve_targets,
     set_lora_scale,
     to_diffusers_path,
@@ -25,6 +26,6 @@ from housevox.lora.targets import (
 
 __all__ = [
     "ORIGINAL_TO_DIFFUSERS", "LoRAFile", "LoRASettings", "LoRAWeights", "TargetPlan", "apply_lora", "extract_lora",
-    "lint_notes", "lint_run", "load_lora_into", "open_lora", "read_lora", "resolve_targets", "set_lora_scale",
+    "init_lora_weights", "lint_notes", "lint_run", "load_lora_into", "open_lora", "read_lora", "resolve_targets", "set_lora_scale",
     "to_diffusers_path", "to_original_path", "write_comfyui_file", "write_diffusers_file", "write_peft_folder",
 ]

@@ -7,6 +7,7 @@ resolve names to exact module paths ourselves and report what did not match.
 """
 
 import logging
+import math
 import re
 from collections import Counter
 from dataclasses import dataclass, field
@@ -17,6 +18,7 @@ from peft.tuners.lora import LoraLayer
 from torch import nn
 
 from housevox.errors import HousevoxError
+from housevox.seeding import derived_generator
 
 log = logging.getLogger("housevox")
 
@@ -177,6 +179,21 @@ def apply_lora(dit: nn.Module, settings: LoRASettings) -> TargetPlan:
         len(plan.module_paths), c["self"], c["cross"], c["mlp"], f"{trainable:,}",
     )
     return plan
+
+
+def init_lora_weights(dit: nn.Module, run_seed: int) -> None:
+    """PEFT's init law (A kaiming-uniform, B zero), each A drawn from (run seed, module path) instead of the global RNG.
+
+    Drawn on the CPU in fp32, so the init is the same on every device and does not depend on
+    which other modules are adapted or on anything that ran earlier in the process.
+    """
+    for path, layer in lora_layers(dit).items():
+        a = layer.lora_A[ADAPTER].weight
+        fresh = torch.empty(a.shape)
+        nn.init.kaiming_uniform_(fresh, a=math.sqrt(5), generator=derived_generator(run_seed, "lora_A", path))
+        with torch.no_grad():
+            a.copy_(fresh)
+            layer.lora_B[ADAPTER].weight.zero_()
 
 
 def set_lora_scale(dit: nn.Module, scale: float) -> None:

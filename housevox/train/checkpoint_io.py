@@ -10,7 +10,7 @@ from pathlib import Path
 import torch
 from lightning.pytorch.plugins.io import TorchCheckpointIO
 
-from housevox.atomic import atomic_path
+from housevox.atomic import save_torch
 from housevox.errors import HousevoxError
 
 
@@ -18,8 +18,7 @@ class AtomicCheckpointIO(TorchCheckpointIO):
     def save_checkpoint(self, checkpoint, path, storage_options=None) -> None:
         path = Path(path)
         try:
-            with atomic_path(path) as tmp:
-                torch.save(checkpoint, tmp)
+            save_torch(checkpoint, path)
         except OSError as exc:
             raise HousevoxError(f"{path}: could not save the checkpoint ({exc.strerror or exc}); "
                                 f"the previous checkpoint is untouched") from None

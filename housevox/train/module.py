@@ -1,11 +1,12 @@
 """`HouseVoxLoRA`: LoRA on the frozen ACE-Step DiT, trained with the flow-matching loss.
 
-Every random draw of a step (noise, t, CFG dropout) comes from a generator seeded by
-(run seed, epoch, batch index), so a resumed run repeats the same losses exactly:
-nothing but the loop counters has to survive a crash.
+The run seed decides everything random: the LoRA initialisation (per module, from
+(run seed, module path)) and every draw of a step (noise, t, CFG dropout, LoRA dropout)
+from (run seed, epoch, batch index). A run's LoRA therefore depends only on its config,
+data, base and seed, and a resumed run repeats the same losses exactly: nothing but the
+loop counters has to survive a crash.
 """
 
-import hashlib
 import logging
 import secrets
 
@@ -15,7 +16,8 @@ from torchmetrics.aggregation import MeanMetric
 
 from housevox.acestep import AceStepConfig, flow, load_dit, load_null_condition, locate_checkpoint, model_dtype
 from housevox.errors import HousevoxError
-from housevox.lora import LoRASettings, apply_lora, load_lora_into, read_lora
+from housevox.lora import LoRASettings, apply_lora, init_lora_weights, load_lora_into, read_lora
+from housevox.seeding import derived_generator, derived_seed
 from housevox.train.optim import OPTIMIZERS, build_optimizer
 from housevox.train.quantize import QUANTIZE_MODES, quantize_frozen_base
 
@@ -23,12 +25,6 @@ log = logging.getLogger("housevox")
 
 VAL_TIMESTEPS = (0.1, 0.3, 0.5, 0.7, 0.9)
 VAL_NOISE_SEED = 20260501
-
-
-def step_generator(*parts: int) -> torch.Generator:
-    """A CPU generator seeded by a stable hash of `parts`, independent of device and global RNG."""
-    digest = hashlib.sha256(",".join(map(str, parts)).encode()).digest()
-    return torch.Generator().manual_seed(int.from_bytes(digest[:8], "little") & (2**63 - 1))
 
 
 class HouseVoxLoRA(L.LightningModule):
@@ -114,6 +110,7 @@ class HouseVoxLoRA(L.LightningModule):
             raise HousevoxError(f"model.quantize_base: {quantize_base!r} is not one of {', '.join(QUANTIZE_MODES)}")
         self.config, self.base_fingerprint = self.describe_base(checkpoint_dir)
         self.run_seed = int(seed) if seed >= 0 else None
+        self.seed_was_drawn = False
         self.dit = None
         self.plan = None
         self.strict_loading = False  # checkpoints hold the LoRA only, never the frozen base
@@ -140,6 +137,7 @@ class HouseVoxLoRA(L.LightningModule):
         if self.hparams.quantize_base != "none":
             quantize_frozen_base(dit, self.hparams.quantize_base)
         self.plan = apply_lora(dit, self.lora_settings)
+        init_lora_weights(dit, self.ensure_run_seed())
         if self.hparams.init_lora:
             load_lora_into(dit, read_lora(self.hparams.init_lora), source=str(self.hparams.init_lora))
         if self.hparams.gradient_checkpointing:
@@ -147,10 +145,22 @@ class HouseVoxLoRA(L.LightningModule):
         self.dit = dit.train()
         self.register_buffer("null_condition", null_condition.to(device), persistent=False)
 
+    def ensure_run_seed(self) -> int:
+        """Draw `seed: -1` before the adapters exist, since they are initialised from it; every rank gets rank 0's draw.
+
+        A resumed run draws too (configure_model runs before the checkpoint restore), then
+        `on_load_checkpoint` replaces the draw and the restored LoRA replaces its init.
+        """
+        if self.run_seed is None:
+            drawn = secrets.randbelow(2**31)
+            self.run_seed = int(self.trainer.strategy.broadcast(drawn, src=0)) if self._trainer else drawn
+            self.seed_was_drawn = True
+        return self.run_seed
+
     def on_fit_start(self) -> None:
         """After any checkpoint restore, before the first batch: a resumed run already has its seed."""
-        if self.run_seed is None:
-            self.run_seed = secrets.randbelow(2**31)
+        self.ensure_run_seed()
+        if self.seed_was_drawn:
             log.info("seed -1: drew run seed %d (stored in checkpoints for exact resume)", self.run_seed)
         self._share_seed()
 
@@ -183,7 +193,8 @@ class HouseVoxLoRA(L.LightningModule):
 
     def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
         x0 = batch["target_latents"]
-        gen = step_generator(self.run_seed, self.current_epoch, batch_idx)
+        gen = derived_generator(self.run_seed, self.current_epoch, batch_idx)
+        torch.manual_seed(derived_seed(self.run_seed, self.current_epoch, batch_idx, "dropout"))  # LoRA dropout draws from the global RNG
         noise = torch.randn(x0.shape, generator=gen)
         t = flow.sample_timesteps(x0.shape[0], self.config.timestep_mu, self.config.timestep_sigma, gen)
         drop = torch.rand(x0.shape[0], generator=gen) < self.hparams.cfg_ratio  # decided on the host: no sync
@@ -199,7 +210,7 @@ class HouseVoxLoRA(L.LightningModule):
     def validation_step(self, batch: dict, batch_idx: int) -> None:
         """Deterministic: fixed noise per batch, the same t grid every epoch, no CFG dropout."""
         x0 = batch["target_latents"]
-        gen = step_generator(VAL_NOISE_SEED, batch_idx)
+        gen = derived_generator(VAL_NOISE_SEED, batch_idx)
         noise = torch.randn(x0.shape, generator=gen).to(self.device)
         losses = [self.flow_loss(batch, torch.full((x0.shape[0],), t, device=self.device), noise) for t in VAL_TIMESTEPS]
         self.log("val/loss", torch.stack(losses).mean(), on_epoch=True, batch_size=x0.shape[0], sync_dist=True)
@@ -242,6 +253,7 @@ class HouseVoxLoRA(L.LightningModule):
                 raise HousevoxError(f"cannot resume: the checkpoint was trained with a different {what}; "
                                     f"start a new run (--run_name) or restore the original setting")
         self.run_seed = int(saved["run_seed"])
+        self.seed_was_drawn = False
         log.info("resuming with run seed %d from the checkpoint", self.run_seed)
         if saved.get("epoch_loss"):  # the running epoch loss: a mid-epoch resume reports the whole epoch's mean
             self.epoch_loss.mean_value = saved["epoch_loss"]["sum"].to(self.epoch_loss.mean_value.device)
