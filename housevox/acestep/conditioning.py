@@ -1,6 +1,6 @@
 """Caption and lyrics → the DiT's cross-attention condition, exactly as upstream builds it.
 
-One function serves the segment cache and `housevox.sample`, so a LoRA hears at
+One function serves the segment cache and `housevox.generate`, so a LoRA hears at
 inference the same condition it was trained on.
 """
 
