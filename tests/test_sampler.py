@@ -124,3 +124,21 @@ def test_rejects_unknown_guidance(reference, dit):
     tensors, settings, _ = reference
     with pytest.raises(ValueError, match="guidance 'pag'"):
         run_case(dit, tensors, settings["apg"], "apg", guidance="pag")
+
+
+def test_bf16_take_stays_in_bf16_with_upstreams_schedule(reference):
+    """On GPU upstream samples in bf16: noise drawn in bf16, schedule computed in bf16 (not fp32 cast down)."""
+    tensors, _, _ = reference
+    noise = initial_noise([1234], 50, "cpu", torch.bfloat16)
+    assert noise.dtype == torch.bfloat16
+    assert torch.equal(noise, torch.randn(1, 50, 64, generator=torch.Generator("cpu").manual_seed(1234),
+                                          dtype=torch.bfloat16))
+    dit = CountingDiT(lambda x, *_: torch.ones_like(x) * 0.1)
+    final = sample_latents(dit, noise, tensors["cond.encoder_hidden_states"], tensors["null.encoder_hidden_states"],
+                           tensors["apg_dcw.context_latents"], 50, shift=3.0, guidance_scale=7.0)
+    upstream = torch.linspace(1.0, 0.0, 51, dtype=torch.bfloat16)
+    upstream = 3.0 * upstream / (1 + (3.0 - 1) * upstream)
+    assert torch.equal(torch.stack([call["t"][0] for call in dit.calls]), upstream[:-1])
+    fp32_cast = torch.linspace(1.0, 0.0, 51)
+    assert not torch.equal(upstream, (3.0 * fp32_cast / (1 + 2.0 * fp32_cast)).to(torch.bfloat16))  # it matters
+    assert final.dtype == torch.bfloat16 and all(call["x"].dtype == torch.bfloat16 for call in dit.calls)

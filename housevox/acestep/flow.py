@@ -28,7 +28,10 @@ def flow_loss(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     return F.mse_loss(pred.float(), target.float())
 
 
-def shifted_timesteps(steps: int, shift: float = 1.0, device=None) -> torch.Tensor:
-    """linspace(1, 0, steps + 1) warped by t' = s·t / (1 + (s − 1)·t): shift > 1 spends more steps at high noise."""
-    t = torch.linspace(1.0, 0.0, steps + 1, device=device)
-    return shift * t / (1 + (shift - 1) * t)
+def shifted_timesteps(steps: int, shift: float = 1.0, device=None, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+    """linspace(1, 0, steps + 1) warped by t' = s·t / (1 + (s − 1)·t): shift > 1 spends more steps at high noise.
+
+    Computed in `dtype` itself, as upstream does (bf16 on GPU rounds differently from fp32 cast down).
+    """
+    t = torch.linspace(1.0, 0.0, steps + 1, device=device, dtype=dtype)
+    return t if shift == 1.0 else shift * t / (1 + (shift - 1) * t)

@@ -99,7 +99,7 @@ def sample_latents(dit, noise: torch.Tensor, encoder_hidden_states: torch.Tensor
     guided = guidance_scale > 1
     if guided:
         cond, context = torch.cat([cond, null]), torch.cat([context, context])
-    grid = shifted_timesteps(steps, shift, device=noise.device).to(noise.dtype)
+    grid = shifted_timesteps(steps, shift, device=noise.device, dtype=noise.dtype)
     x, running = noise, None
     for t, t_next in zip(grid[:-1], grid[1:]):
         batch_x = torch.cat([x, x]) if guided else x
