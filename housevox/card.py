@@ -205,7 +205,7 @@ def render(run: Run, save: SavePoint, cfg: dict) -> str:
     ckpt = (cfg.get("model") or {}).get("checkpoint_dir") or "<checkpoint folder>"
     steps, shift = meta.get("num_inference_steps", "50"), meta.get("shift", "1.0")
     sample = (f"python -m housevox.sample --checkpoint-dir {ckpt} --lora {save.comfyui_file} "
-              f"--prompt \"{caption or '<caption>'}\" --lora-scale 1.0 --cfg 5 --out take.wav")
+              f"--prompt \"{caption or '<caption>'}\" --lora-scale 1.0 --guidance apg --guidance-scale 5 --out take.wav")
     lora = lora_section(save)
     data_desc = f"{len(rows)} segments (training and validation)" if rows else "its segments"
     parts = [
@@ -221,7 +221,8 @@ def render(run: Run, save: SavePoint, cfg: dict) -> str:
         "## Trigger words and prompt", "", *prompt_lines, "",
         "## Recommended settings", "",
         "- LoRA weight: 0.8 - 1.0 (start at 1.0)",
-        "- CFG scale: 3.5 - 7 (`housevox.sample --cfg` is plain CFG against the null condition)",
+        "- guidance: APG (ACE-Step's own default; `housevox.sample --guidance apg`), scale 3.5 - 7, "
+        "DCW on, chunk mask auto",
         f"- inference steps: {steps}, shift: {shift} (from the LoRA header; `housevox.sample` uses them by default)",
         "", "```", sample, "```", "",
         "## LoRA", "", *lora, "",

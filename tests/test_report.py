@@ -2,6 +2,7 @@
 
 import json
 import re
+import shlex
 from pathlib import Path
 
 import nbformat
@@ -10,7 +11,7 @@ from nbclient import NotebookClient
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 from test_train import run_fit, write_config
 
-from housevox import card
+from housevox import card, sample
 from housevox.errors import run_cli
 from housevox.lora import open_lora
 
@@ -71,6 +72,9 @@ def test_card_numbers_come_from_the_run(run, capsys):
     assert "house music style" in text and "- tracks: 2 used of 2" in text
     assert (run / "release_card_loss.png").stat().st_size > 10_000
     assert "](release_card_loss.png)" in text
+    command = re.search(r"^python -m housevox.sample (.*)$", text, re.M).group(1)
+    args = sample.parse_args(shlex.split(command))  # the recommended command is one the CLI takes
+    assert (args.guidance, args.guidance_scale, args.dcw) == ("apg", 5.0, True) and "- guidance: APG" in text
 
 
 def card_text(run: Path, *args: str) -> str:

@@ -1,6 +1,8 @@
 """`python -m housevox.sample` and the training AudioPreview, on the tiny checkpoint (CPU, 2 s, 2 steps)."""
 
 import json
+import subprocess
+import sys
 from types import SimpleNamespace
 
 import pytest
@@ -17,10 +19,11 @@ from housevox.acestep.presets import PRESETS
 from housevox.data.cache import build_cache, entry_path, load_entry, read_index
 from housevox.errors import run_cli
 from housevox.lora import LoRASettings, apply_lora, extract_lora, write_comfyui_file, write_peft_folder
-from housevox.sample import Take, encode_take, main, read_lyrics, write_wav
+from housevox.generate import Take, encode_take, write_wav
+from housevox.sample import main, read_lyrics
 from housevox.train.preview import AudioPreview
 
-FAST = ["--duration", "2", "--cfg", "3.0"]
+FAST = ["--duration", "2", "--guidance-scale", "3.0"]
 FRAMES_2S = 50 * 1920
 
 
@@ -72,8 +75,28 @@ def test_renders_valid_deterministic_wav(tiny_checkpoint, tmp_path, capsys):
     assert not (audio(tmp_path / "a.wav") == audio(tmp_path / "c.wav")).all()
     settings = json.loads((tmp_path / "a.wav.json").read_text())
     assert json.loads(sf.SoundFile(tmp_path / "a.wav").comment) == settings
-    assert settings["lyrics"] == lyrics.read_text() and settings["seed"] == 7 and settings["guidance"] == "plain cfg"
+    assert settings["lyrics"] == lyrics.read_text() and settings["seed"] == 7
+    assert (settings["guidance"], settings["guidance_scale"], settings["dcw"], settings["chunk_mask"]) == ("apg", 3.0, True, 2.0)
     assert not list(tmp_path.glob(".*.tmp"))
+
+
+def test_sampler_flags_are_recorded_and_heard(tiny_checkpoint, tmp_path, capsys):
+    """Each of --guidance, --no-dcw, --chunk-mask changes the take and lands in its settings."""
+    takes = {"default": [], "cfg": ["--guidance", "cfg"], "no_dcw": ["--no-dcw"], "mask1": ["--chunk-mask", "1"],
+             "auto": ["--chunk-mask", "auto"]}
+    for name, extra in takes.items():
+        assert sample(capsys, tiny_checkpoint, tmp_path / f"{name}.wav", "--steps", "2", *extra)[0] == 0
+    settings = {name: json.loads((tmp_path / f"{name}.wav.json").read_text()) for name in takes}
+    assert settings["cfg"]["guidance"] == "cfg" and settings["no_dcw"]["dcw"] is False
+    assert (settings["mask1"]["chunk_mask"], settings["auto"]["chunk_mask"]) == (1.0, 2.0)
+    assert (tmp_path / "auto.wav").read_bytes() == (tmp_path / "default.wav").read_bytes()
+    for name in ("cfg", "no_dcw", "mask1"):
+        assert not (audio(tmp_path / f"{name}.wav") == audio(tmp_path / "default.wav")).all(), name
+
+
+def test_preview_does_not_import_the_cli():
+    code = "import sys, housevox.train.preview; assert 'housevox.sample' not in sys.modules"
+    assert subprocess.run([sys.executable, "-c", code]).returncode == 0
 
 
 def test_scale_set_and_lora_defaults(tiny_checkpoint, loras, tmp_path, capsys):
@@ -174,7 +197,7 @@ def test_audio_preview_writes_wav_and_tensorboard_audio(tiny_checkpoint, loras, 
     assert sf.info(wav).frames == FRAMES_2S and dit.training
     settings = json.loads(wav.with_name(wav.name + ".json").read_text())
     assert (settings["caption"], settings["key"]) == (rows[0]["caption"], "F minor")
-    assert (settings["steps"], settings["seed"]) == (2, 42)
+    assert (settings["steps"], settings["seed"], settings["guidance"], settings["dcw"]) == (2, 42, "apg", True)
     logger.experiment.flush()
     events = EventAccumulator(logger.log_dir)
     events.Reload()

@@ -13,6 +13,7 @@ from housevox.acestep.loading import (
     model_dtype,
     open_checkpoint,
 )
+from housevox.acestep.sampler import initial_noise, sample_latents
 
 __all__ = [
     "AceStepConfig",
@@ -26,5 +27,7 @@ __all__ = [
     "load_vae",
     "locate_checkpoint",
     "model_dtype",
+    "initial_noise",
     "open_checkpoint",
+    "sample_latents",
 ]

@@ -1,6 +1,6 @@
 """Caption and lyrics → the DiT's cross-attention condition, exactly as upstream builds it.
 
-One function serves the segment cache and `housevox.sample`, so a LoRA hears at
+One function serves the segment cache and `housevox.generate`, so a LoRA hears at
 inference the same condition it was trained on.
 """
 
@@ -32,13 +32,16 @@ def format_lyrics_prompt(lyrics: str | None, language: str | None = "en") -> str
     return f"# Languages\n{language or 'en'}\n\n# Lyric\n{lyrics or '[Instrumental]'}<|endoftext|>"
 
 
-def context_latents(silence_latent: torch.Tensor, frames: int) -> torch.Tensor:
-    """[frames, 2·D] = silence latent ‖ ones: 'generate everything' for text-to-music."""
+def context_latents(silence_latent: torch.Tensor, frames: int, chunk_mask: float = 1.0) -> torch.Tensor:
+    """[frames, 2·D] = silence latent ‖ chunk mask: 'generate everything' for text-to-music.
+
+    Training uses a mask of ones; upstream's inference default ("auto") sends 2.0 for a full take.
+    """
     silence = silence_latent[0]
     if silence.shape[0] < frames:
         silence = silence.repeat((frames + silence.shape[0] - 1) // silence.shape[0], 1)
     silence = silence[:frames]
-    return torch.cat([silence, torch.ones_like(silence)], dim=-1)
+    return torch.cat([silence, torch.full_like(silence, chunk_mask)], dim=-1)
 
 
 @dataclass

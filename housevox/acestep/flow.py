@@ -1,10 +1,8 @@
-"""Flow matching for ACE-Step base models: pure functions for training and sampling.
+"""Flow matching for ACE-Step base models: pure functions for training and the sampling schedule.
 
 x_t = t·noise + (1 − t)·x0 and the DiT predicts the velocity noise − x0; t = 1 is
 pure noise, t = 0 the clean latent.
 """
-
-from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
@@ -30,23 +28,10 @@ def flow_loss(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     return F.mse_loss(pred.float(), target.float())
 
 
-def shifted_timesteps(steps: int, shift: float = 1.0, device=None) -> torch.Tensor:
-    """linspace(1, 0, steps + 1) warped by t' = s·t / (1 + (s − 1)·t): shift > 1 spends more steps at high noise."""
-    t = torch.linspace(1.0, 0.0, steps + 1, device=device)
-    return shift * t / (1 + (shift - 1) * t)
+def shifted_timesteps(steps: int, shift: float = 1.0, device=None, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+    """linspace(1, 0, steps + 1) warped by t' = s·t / (1 + (s − 1)·t): shift > 1 spends more steps at high noise.
 
-
-def euler_sample(velocity: Callable[[torch.Tensor, torch.Tensor], torch.Tensor], noise: torch.Tensor,
-                 steps: int, shift: float = 1.0) -> torch.Tensor:
-    """Integrate dx/dt = v from t = 1 (noise) to t = 0; `velocity(x, t)` takes t as a [B] tensor."""
-    grid = shifted_timesteps(steps, shift, device=noise.device)
-    x = noise
-    for t_cur, t_next in zip(grid[:-1], grid[1:]):
-        v = velocity(x, t_cur.expand(x.shape[0]))
-        x = x - v * (t_cur - t_next)
-    return x
-
-
-def classifier_free_guidance(cond: torch.Tensor, uncond: torch.Tensor, scale: float) -> torch.Tensor:
-    """Plain CFG (upstream defaults to APG; this is the textbook form): uncond + s·(cond − uncond)."""
-    return uncond + scale * (cond - uncond)
+    Computed in `dtype` itself, as upstream does (bf16 on GPU rounds differently from fp32 cast down).
+    """
+    t = torch.linspace(1.0, 0.0, steps + 1, device=device, dtype=dtype)
+    return t if shift == 1.0 else shift * t / (1 + (shift - 1) * t)

@@ -1,7 +1,7 @@
 """Audio preview during training: a fixed-seed clip from the model being trained, every N epochs.
 
-The clip goes through `housevox.sample.render`, so what a preview sounds like is what
-`python -m housevox.sample` with the exported LoRA would give at the same settings.
+The clip goes through `housevox.generate`, the path `python -m housevox.sample` renders with,
+so a preview sounds like the exported LoRA at the same settings (upstream's APG, DCW, chunk mask).
 """
 
 import gc
@@ -13,9 +13,7 @@ import torch
 from lightning.pytorch.loggers import TensorBoardLogger
 from lightning.pytorch.utilities import rank_zero_only
 
-from housevox.acestep import load_silence_latent, load_vae, model_dtype
-from housevox.acestep.conditioning import ConditionBuilder
-from housevox.sample import DEFAULT_CFG, DEFAULT_PROMPT, SAMPLE_RATE, Take, render, write_wav
+from housevox.generate import DEFAULT_PROMPT, SAMPLE_RATE, Renderer, Take, write_wav
 from housevox.train.callbacks import run_dir
 
 log = logging.getLogger("housevox")
@@ -44,7 +42,7 @@ class AudioPreview(L.Callback):
         return Take(caption=row.get("caption") or DEFAULT_PROMPT, lyrics=row.get("lyrics"), bpm=row.get("bpm"),
                     key=row.get("keyscale"), timesignature=row.get("timesignature"),
                     language=row.get("language") or "en", duration_s=self.duration_s,
-                    steps=min(hp.num_inference_steps, self.max_steps), cfg=DEFAULT_CFG, shift=hp.shift, seed=self.seed)
+                    steps=min(hp.num_inference_steps, self.max_steps), shift=hp.shift, seed=self.seed)
 
     @rank_zero_only
     def on_train_epoch_end(self, trainer, pl_module) -> None:
@@ -66,15 +64,14 @@ class AudioPreview(L.Callback):
         """Render with `pl_module.dit` in eval mode, restoring its train/eval state after."""
         dit, ckpt = pl_module.dit, pl_module.hparams.checkpoint_dir
         device = next(dit.parameters()).device
-        builder = ConditionBuilder.from_checkpoint(ckpt, dtype=model_dtype(device), device=device)
-        vae = load_vae(ckpt, dtype=torch.float32, device=device)
+        renderer = Renderer.from_checkpoint(ckpt, device)
         was_training = dit.training
         dit.eval()
         try:
-            return render(dit, builder, vae, load_silence_latent(ckpt), take)
+            return renderer.render(dit, take)
         finally:
             dit.train(was_training)
-            del builder, vae
+            del renderer
             gc.collect()
             if device.type == "cuda":
                 torch.cuda.empty_cache()

@@ -1,0 +1,122 @@
+"""Condition → latents → VAE decode → audio: the one generation path of `housevox.sample` and the preview.
+
+Caption and lyrics go through `ConditionBuilder.encode`, the function the segment cache
+uses, so a LoRA hears at inference the condition it was trained on; the latents come from
+`sample_latents`, upstream's own sampler, so a take here is the take ACE-Step renders.
+"""
+
+import hashlib
+import json
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import soundfile as sf
+import torch
+from tqdm import tqdm
+
+from housevox.acestep import load_silence_latent, load_vae, model_dtype
+from housevox.acestep.conditioning import ConditionBuilder, context_latents
+from housevox.acestep.sampler import initial_noise, sample_latents
+from housevox.atomic import atomic_path, write_json
+
+SAMPLE_RATE = 48_000
+LATENT_FPS = 25  # Oobleck hop 1920 at 48 kHz
+DEFAULT_STEPS, DEFAULT_GUIDANCE_SCALE, DEFAULT_SHIFT = 50, 7.0, 1.0
+CHUNK_MASK_AUTO = 2.0  # upstream's chunk_mask_mode="auto" for a full text-to-music take
+DEFAULT_PROMPT = "house music style, soulful vocal performance, driving groove, vocal track singing, 122 bpm"
+COMMENT_BYTES = 2000  # libsndfile silently drops a WAV INFO comment longer than ~2 KB
+
+
+@dataclass
+class Take:
+    """Everything that decides a rendered clip besides the weights; stored with the WAV."""
+
+    caption: str
+    lyrics: str | None = None
+    bpm: int | None = None
+    key: str | None = None
+    timesignature: str | None = None
+    language: str = "en"
+    duration_s: float = 30.0
+    steps: int = DEFAULT_STEPS
+    guidance: str = "apg"
+    guidance_scale: float = DEFAULT_GUIDANCE_SCALE
+    dcw: bool = True
+    chunk_mask: float = CHUNK_MASK_AUTO
+    shift: float = DEFAULT_SHIFT
+    seed: int = 42
+
+    @property
+    def frames(self) -> int:
+        return round(self.duration_s * LATENT_FPS)
+
+
+def encode_take(builder: ConditionBuilder, take: Take) -> tuple[torch.Tensor, torch.Tensor]:
+    """(condition [L, E], null condition [L, E]) through the cache's own encoder call."""
+    cond = builder.encode(take.caption, take.lyrics, bpm=take.bpm, key=take.key, timesignature=take.timesignature,
+                          language=take.language, duration_s=take.duration_s).encoder_hidden_states
+    return cond, builder.null_condition(cond.shape[0])
+
+
+@dataclass
+class Renderer:
+    """The parts around the DiT (encoders, VAE, silence latent); the DiT is passed per take, LoRA and all."""
+
+    builder: ConditionBuilder
+    vae: torch.nn.Module
+    silence_latent: torch.Tensor
+
+    @classmethod
+    def from_checkpoint(cls, checkpoint_dir, device: torch.device) -> "Renderer":
+        builder = ConditionBuilder.from_checkpoint(checkpoint_dir, dtype=model_dtype(device), device=device)
+        vae = load_vae(checkpoint_dir, dtype=torch.float32, device=device)  # fp32 decode: bf16 adds audible noise
+        return cls(builder, vae, load_silence_latent(checkpoint_dir))
+
+    @torch.no_grad()
+    def render(self, dit, take: Take, progress: bool = False) -> torch.Tensor:
+        """One clip from `dit` as it is now (LoRA scale included): float32 [2, frames·1920] on CPU."""
+        device = next(dit.parameters()).device
+        cond, null = encode_take(self.builder, take)
+        context = context_latents(self.silence_latent, take.frames, take.chunk_mask)[None]
+        noise = initial_noise([take.seed], take.frames, device, model_dtype(device), self.silence_latent.shape[-1])
+        with tqdm(total=take.steps, desc="sampling", unit="step", file=sys.stderr, disable=not progress) as bar:
+            def dit_step(*args) -> torch.Tensor:
+                bar.update()
+                return dit(*args)
+
+            latents = sample_latents(dit_step, noise, cond[None], null[None], context, take.steps, shift=take.shift,
+                                     guidance_scale=take.guidance_scale, guidance=take.guidance, dcw=take.dcw)
+        vae_param = next(self.vae.parameters())
+        audio = self.vae.decode(latents.transpose(1, 2).to(vae_param.device, vae_param.dtype)).sample
+        return audio[0].float().cpu()
+
+
+def _comment(settings: dict) -> str:
+    """The settings as JSON, long text fields replaced by their sha256 until the INFO chunk can hold it."""
+    settings = dict(settings)
+    text = json.dumps(settings, sort_keys=True, ensure_ascii=False)
+    for field in ("lyrics", "caption"):
+        if len(text.encode("utf-8")) <= COMMENT_BYTES:
+            break
+        if settings.get(field):
+            settings[f"{field}_sha256"] = hashlib.sha256(settings.pop(field).encode("utf-8")).hexdigest()
+            text = json.dumps(settings, sort_keys=True, ensure_ascii=False)
+    return text
+
+
+def write_wav(path: str | Path, audio: torch.Tensor, settings: dict) -> Path:
+    """48 kHz 24-bit stereo WAV, atomically; settings in the INFO comment and in full in `<path>.json`.
+
+    Samples are clipped to [-1, 1]: libsndfile would wrap out-of-range floats around.
+    """
+    path = Path(path)
+    data = np.ascontiguousarray(audio.clamp(-1.0, 1.0).T.numpy())
+    with atomic_path(path) as tmp:
+        with sf.SoundFile(tmp, "w", samplerate=SAMPLE_RATE, channels=data.shape[1], subtype="PCM_24",
+                          format="WAV") as fh:
+            fh.comment = _comment(settings)
+            fh.write(data)
+    write_json(path.with_name(path.name + ".json"), settings)
+    return path
