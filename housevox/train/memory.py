@@ -17,6 +17,9 @@ peak. FLOPs of the same step come from FlopCounterMode. Modelled, not traced (an
 """
 
 import contextlib
+import functools
+import json
+import logging
 import math
 import weakref
 from dataclasses import dataclass, replace
@@ -29,6 +32,9 @@ from torch.utils._pytree import tree_map_only
 from torch.utils.flop_counter import flop_registry, sdpa_backward_flop_count, sdpa_flop_count
 
 from housevox.acestep import flow
+from housevox.errors import HousevoxError
+from housevox.train.optim import OPTIMIZERS
+from housevox.train.quantize import QUANTIZE_MODES
 from housevox.train.synthetic import CONDITION_TOKENS, SEGMENT_FRAMES, SyntheticBaseLoRA, synthetic_sample, with_depth
 
 FROZEN, LORA, GRADS, OPTIMIZER, ACTIVATIONS = ("frozen weights", "LoRA parameters", "gradients", "optimizer state",
@@ -141,6 +147,18 @@ class RunShape:
     batch_size: int = 1
     frames: int = SEGMENT_FRAMES
     cond_len: int = CONDITION_TOKENS
+
+    @classmethod
+    def from_settings(cls, settings: dict, **overrides) -> "RunShape":
+        """The shape of a run from its config fields (HouseVoxLoRA's names; missing ones take its defaults)."""
+        known = {f: settings[f] for f in cls.__dataclass_fields__ if settings.get(f) is not None}
+        shape = cls(**{**known, **overrides})
+        if shape.quantize_base not in QUANTIZE_MODES:
+            raise HousevoxError(f"quantize_base: {shape.quantize_base!r} is not one of {', '.join(QUANTIZE_MODES)}")
+        if shape.optimizer_type not in OPTIMIZERS:
+            raise HousevoxError(f"optimizer_type: unknown optimizer {shape.optimizer_type!r} (choose from {', '.join(OPTIMIZERS)})")
+        return replace(shape, rank=int(shape.rank), batch_size=int(shape.batch_size),
+                       gradient_checkpointing=bool(shape.gradient_checkpointing))
 
     def describe(self) -> str:
         return (f"r {self.rank}, {self.attention_type} attention, checkpointing {'on' if self.gradient_checkpointing else 'off'}, "
@@ -264,13 +282,25 @@ def _quantisable(dit: nn.Module) -> list[nn.Linear]:
     return [m for name, m in dit.layers.named_modules() if type(m) is nn.Linear and ".lora_" not in name]
 
 
-def _trace(base: dict, shape: RunShape, dtype: torch.dtype, round_to: int) -> tuple[dict, float, SyntheticBaseLoRA]:
-    module = module_for(base, shape, "meta", dtype)
+def _trace(base: dict, shape: RunShape, dtype: torch.dtype, round_to: int) -> tuple[dict, float, list[tuple[int, int]]]:
+    """Peak, FLOPs and the quantisable Linears' (out, in) of one fake-tensor trace (cached: suggestions reuse it)."""
+    return _cached_trace(json.dumps(base, sort_keys=True), shape, dtype, round_to)
+
+
+@functools.lru_cache(maxsize=16)
+def _cached_trace(base_json: str, shape: RunShape, dtype: torch.dtype, round_to: int):
+    housevox_log = logging.getLogger("housevox")
+    level = housevox_log.level
+    housevox_log.setLevel(logging.ERROR)  # the lint already reports the targets; the trace's module must not repeat it
+    try:
+        module = module_for(json.loads(base_json), shape, "meta", dtype)
+    finally:
+        housevox_log.setLevel(level)
     fake = FakeTensorMode()
     _fake_materialise(module, fake, "cpu")
     tracker = LiveBytes(round_to=round_to)
     flops = measure_steps(module, shape, tracker, fake)
-    return dict(tracker.peak), flops, module
+    return dict(tracker.peak), flops, [(m.out_features, m.in_features) for m in _quantisable(module.dit)]
 
 
 def predict(base: dict, shape: RunShape, dtype: torch.dtype = torch.bfloat16, round_to: int = CUDA_BLOCK) -> Prediction:
@@ -283,14 +313,15 @@ def predict(base: dict, shape: RunShape, dtype: torch.dtype = torch.bfloat16, ro
     traced = replace(shape, quantize_base="none")
     layers = int(base["num_hidden_layers"])
     if layers > EXTRAPOLATE_FROM[-1]:
-        (low, low_flops, _), (high, high_flops, module) = (_trace(with_depth(base, n), traced, dtype, round_to)
+        (low, low_flops, _), (high, high_flops, linears) = (_trace(with_depth(base, n), traced, dtype, round_to)
                                                             for n in EXTRAPOLATE_FROM)
         per_block = (layers - EXTRAPOLATE_FROM[0]) / (EXTRAPOLATE_FROM[1] - EXTRAPOLATE_FROM[0])
         peak = {k: round(low[k] + (high[k] - low[k]) * per_block) for k in CATEGORIES}
         flops = low_flops + (high_flops - low_flops) * per_block
         blocks_traced = EXTRAPOLATE_FROM[-1]
     else:
-        peak, flops, module = _trace(base, traced, dtype, round_to)
+        cached, flops, linears = _trace(base, traced, dtype, round_to)
+        peak = dict(cached)
         blocks_traced = layers
     modelled = []
     if layers > EXTRAPOLATE_FROM[-1]:
@@ -298,11 +329,11 @@ def predict(base: dict, shape: RunShape, dtype: torch.dtype = torch.bfloat16, ro
     if shape.optimizer_type == "adamw8bit":
         modelled.append("AdamW8bit state: allocated by bitsandbytes' init_state; its in-place update kernel is not run")
     if shape.quantize_base != "none":
-        linears = _quantisable(module.dit)
         scale = layers / blocks_traced
-        full = round(scale * sum(m.weight.numel() * m.weight.element_size() for m in linears))
-        quant = round(scale * sum(quantised_bytes(m.out_features, m.in_features, shape.quantize_base) for m in linears))
-        transient = max(m.weight.numel() * 2 for m in linears)
+        element = torch.empty((), dtype=dtype).element_size()
+        full = round(scale * sum(o * i * element for o, i in linears))
+        quant = round(scale * sum(quantised_bytes(o, i, shape.quantize_base) for o, i in linears))
+        transient = max(o * i * 2 for o, i in linears)
         peak[FROZEN] += quant - full
         peak[ACTIVATIONS] += transient
         modelled.append(f"{shape.quantize_base} frozen weights from bitsandbytes' layout ({quant / 2**30:.2f} GiB "
@@ -362,3 +393,18 @@ def cheaper_fits(base: dict, shape: RunShape, budget_gib: float, dtype: torch.dt
         if p.on_card_gib <= budget_gib or combined.rank <= 8:
             return tried
         combined = replace(combined, rank=combined.rank // 2)
+
+
+def memory_lint(base: dict, shape: RunShape, budget_gib: float | None = None, gpu: str | None = None
+                ) -> tuple[list[str], list[str]]:
+    """(notes, warnings) for the lint: the prediction, and when it exceeds `budget_gib` the cheapest change that fits."""
+    p = predict(base, shape)
+    notes, warnings = describe(p, gpu), []
+    if budget_gib is not None and p.on_card_gib > budget_gib:
+        tried = cheaper_fits(base, shape, budget_gib)
+        fits = [label for label, q in tried if q.on_card_gib <= budget_gib]
+        peaks = "; ".join(f"{label}: {q.on_card_gib:.2f} GiB" for label, q in tried)
+        verdict = f"cheapest change that fits: {fits[0]}" if fits else "no change tried fits"
+        warnings.append(f"predicted {p.on_card_gib:.2f} GiB on the card exceeds its {budget_gib:g} GiB: {verdict} "
+                        f"(predicted peaks: {peaks})")
+    return notes, warnings
