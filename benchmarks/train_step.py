@@ -168,8 +168,10 @@ def bf16_peak_tflops(device: torch.device) -> tuple[str, float | None]:
 
 def peak_memory(device: torch.device) -> dict:
     if device.type == "cuda":
+        free, total = torch.cuda.mem_get_info(device)
         return {"peak_allocated_gib": torch.cuda.max_memory_allocated(device) / 2**30,
-                "peak_reserved_gib": torch.cuda.max_memory_reserved(device) / 2**30}
+                "peak_reserved_gib": torch.cuda.max_memory_reserved(device) / 2**30,
+                "device_used_gib": (total - free) / 2**30}  # context + reserved cache: what nvidia-smi shows
     return {"peak_rss_gib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20}  # KiB on Linux
 
 
@@ -253,6 +255,7 @@ def main() -> None:
     parser.add_argument("--frames", type=int, default=750, help="latent frames per segment (25 Hz: 750 = 30 s)")
     parser.add_argument("--cond-len", type=int, default=769, help="condition tokens")
     parser.add_argument("--threads", type=int, help="CPU threads (torch.set_num_threads); 1 is steadier on a shared machine")
+    parser.add_argument("--json-out", type=Path, default=RESULTS, help="append the result as one JSON line here")
     parser.add_argument("--profile", type=int, default=0, metavar="ROWS", help="torch.profiler the timed steps, print top ROWS ops")
     args = parser.parse_args()
     if args.warmup < 1 or args.steps < 1:
@@ -261,8 +264,8 @@ def main() -> None:
         torch.set_num_threads(args.threads)
     result = run(args)
     report(result)
-    RESULTS.parent.mkdir(parents=True, exist_ok=True)
-    with RESULTS.open("a") as fh:
+    args.json_out.parent.mkdir(parents=True, exist_ok=True)
+    with args.json_out.open("a") as fh:
         fh.write(json.dumps(result) + "\n")
 
 
