@@ -1,8 +1,6 @@
 """Predicted training-step memory: the fake-tensor trace against the same real step on CPU, and its arithmetic."""
 
 import json
-import subprocess
-import sys
 from dataclasses import replace
 
 import pytest
@@ -11,7 +9,9 @@ from torch import nn
 
 from housevox.acestep.config import AceStepConfig
 from housevox.acestep.modules import build_dit
+from housevox.errors import run_cli
 from housevox.lora import LoRASettings, resolve_targets
+from housevox.lora.__main__ import main
 from housevox.train import memory
 from housevox.train.memory import ACTIVATIONS, FROZEN, GRADS, LORA, OPTIMIZER, LiveBytes, RunShape, predict
 from housevox.train.quantize import quantize_frozen_base
@@ -131,29 +131,32 @@ def test_step_time_follows_the_counted_flops():
     assert off.step_seconds(100.0, 0.5) == pytest.approx(off.flops / 50e12)
 
 
-def cli(args):
-    return subprocess.run([sys.executable, "-m", "housevox.lora", *args], capture_output=True, text=True, timeout=600)
+def cli(argv, capsys):
+    code = run_cli(main, argv)
+    out = capsys.readouterr()
+    return code, out.out, out.err
 
 
-def test_lint_names_the_cheapest_change_that_fits(tmp_path, tiny_checkpoint):
+def test_lint_names_the_cheapest_change_that_fits(tmp_path, tiny_checkpoint, capsys):
     config = tmp_path / "run.yaml"
     config.write_text(f"model:\n  checkpoint_dir: {tiny_checkpoint}\n  rank: 8\n  alpha: 8\n  cfg_ratio: 0.15\n")
     base = json.loads((tiny_checkpoint / "config.json").read_text())
     plain, int8 = predict(base, RunShape(rank=8)), predict(base, RunShape(rank=8, quantize_base="int8"))
     budget = (plain.on_card_gib + int8.on_card_gib) / 2
-    result = cli(["lint", "--config", str(config), "--gpu-memory", f"{budget:.6f}", "--gpu", "rtx3090"])
-    assert result.returncode == 0, result.stderr
-    assert f"= {plain.on_card_gib:.2f} GiB on the card" in result.stdout
-    assert "frozen weights" in result.stdout and "optimizer state" in result.stdout and "s on rtx3090" in result.stdout
-    assert "cheapest change that fits: quantize_base: int8" in result.stdout
-    roomy = cli(["lint", "--config", str(config), "--gpu-memory", "24"])
-    assert "exceeds" not in roomy.stdout and "0 warnings" in roomy.stdout
+    code, out, err = cli(["lint", "--config", str(config), "--gpu-memory", f"{budget:.6f}", "--gpu", "rtx3090"], capsys)
+    assert code == 0, err
+    assert f"= {plain.on_card_gib:.2f} GiB on the card" in out
+    assert "frozen weights" in out and "optimizer state" in out and "s on rtx3090" in out
+    assert "cheapest change that fits: quantize_base: int8" in out
+    _, roomy, _ = cli(["lint", "--config", str(config), "--gpu-memory", "24"], capsys)
+    assert "exceeds" not in roomy and "0 warnings" in roomy
 
 
-def test_lint_rejects_a_bad_budget_and_a_bad_quantize_mode(tmp_path):
+def test_lint_rejects_a_bad_budget_and_a_bad_quantize_mode(tmp_path, capsys):
     config = tmp_path / "run.yaml"
     config.write_text("model:\n  quantize_base: int4\n")
-    bad_budget = cli(["lint", "--config", str(config), "--gpu-memory", "lots"])
-    assert bad_budget.returncode == 2 and "--gpu-memory" in bad_budget.stderr
-    bad_mode = cli(["lint", "--config", str(config), "--preset", "2b"])
-    assert bad_mode.returncode != 0 and "quantize_base" in bad_mode.stderr and "Traceback" not in bad_mode.stderr
+    with pytest.raises(SystemExit) as bad_budget:
+        main(["lint", "--config", str(config), "--gpu-memory", "lots"])
+    assert bad_budget.value.code == 2 and "--gpu-memory" in capsys.readouterr().err
+    code, _, err = cli(["lint", "--config", str(config), "--preset", "2b"], capsys)
+    assert code != 0 and "quantize_base" in err and "Traceback" not in err
