@@ -30,65 +30,31 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from housevox.acestep.config import AceStepConfig
 from housevox.acestep.modules import build_dit
-from housevox.acestep.presets import PRESETS
 from housevox.data.datamodule import collate
 from housevox.fit import TRAINER_DEFAULTS, callbacks
 from housevox.lora import apply_lora
-from housevox.train.module import HouseVoxLoRA
+from housevox.train.memory import GPUS
 from housevox.train.quantize import QUANTIZE_MODES
+from housevox.train.synthetic import SyntheticBaseLoRA, base_config, synthetic_sample
 
 RESULTS = Path(__file__).resolve().parent / "results" / "train_step.jsonl"
 SEED_EPOCH_SEGMENTS = 232
 SEED_EPOCHS = 100
 # Dense bf16 tensor-core peaks in TFLOP/s, by device-name pattern; the first match wins.
-BF16_PEAK_TFLOPS = ((r"H100 PCIe", 756.0), (r"H100", 989.0), (r"H200", 989.0), (r"A100", 312.0),
-                    (r"3090", 71.0), (r"\bL4\b", 121.0))
+BF16_PEAK_TFLOPS = ((r"H100 PCIe", 756.0), (r"H100", GPUS["h100"][1]), (r"H200", GPUS["h200"][1]),
+                    (r"A100", GPUS["a100-80gb"][1]), (r"3090", GPUS["rtx3090"][1]), (r"4090", GPUS["rtx4090"][1]),
+                    (r"\bL4\b", GPUS["l4"][1]))
 # Everything the step's hyper-parameters need besides the base shape: the seed's LoRA, and no
 # checkpoint or LoRA files written inside the timed window.
 SEED_LORA = dict(rank=128, alpha=128.0, target_modules_str="q_proj k_proj v_proj o_proj gate_proj up_proj down_proj",
                  attention_type="both", optimizer_type="adamw8bit", seed=0, checkpoint_every_n_steps=0, save_every=10**6)
 
 
-def base_config(preset: str, layers: int | None = None, **overrides) -> dict:
-    """An upstream config dict: a preset, optionally with another depth or other dimensions."""
-    raw = {**PRESETS[preset], **overrides}
-    if layers:
-        raw.update(num_hidden_layers=layers, num_audio_decoder_hidden_layers=layers,
-                   layer_types=(PRESETS[preset]["layer_types"] * layers)[:layers])
-    return raw
-
-
-def random_dit(cfg: AceStepConfig, dtype: torch.dtype, device: torch.device, seed: int = 0) -> torch.nn.Module:
-    """The DiT allocated straight in `dtype` on `device` (no fp32 copy), weights ~ N(0, 1/fan_in), norms 1."""
-    default = torch.get_default_dtype()
-    torch.set_default_dtype(dtype)
-    try:
-        dit = build_dit(cfg, device="meta")
-    finally:
-        torch.set_default_dtype(default)
-    dit.to_empty(device=device)
-    gen = torch.Generator(device).manual_seed(seed)
-    with torch.no_grad():
-        for name, p in dit.named_parameters():
-            if p.ndim >= 2:
-                p.normal_(0.0, p[0].numel() ** -0.5, generator=gen)
-            else:
-                p.fill_(1.0 if "norm" in name else 0.0)
-    return dit
-
-
-class RandomInitLoRA(HouseVoxLoRA):
-    """`HouseVoxLoRA` on a random-init base of the shape `base` (an upstream config dict)."""
+class RandomInitLoRA(SyntheticBaseLoRA):
+    """`HouseVoxLoRA` on a random-init base of the shape `base`, optionally with compiled blocks."""
 
     def __init__(self, base: dict, compile_blocks: bool = False, **kwargs):
-        super().__init__(checkpoint_dir="random-init", **kwargs)
-
-    def describe_base(self, checkpoint_dir: str) -> tuple[AceStepConfig, str]:
-        return AceStepConfig.from_upstream(self.hparams.base, source="benchmark"), "random-init"
-
-    def load_base(self, dtype: torch.dtype, device: torch.device) -> tuple[torch.nn.Module, torch.Tensor]:
-        null = torch.randn(1, self.config.encoder_hidden_size, generator=torch.Generator().manual_seed(1))
-        return random_dit(self.config, dtype, device), null.to(dtype)
+        super().__init__(base, weights="random", **kwargs)
 
     def configure_model(self) -> None:
         if self.dit is None:
@@ -102,15 +68,8 @@ class SyntheticSegments(Dataset):
     """`n` cache samples of the real shapes; the step's cost does not depend on the values, so all share one."""
 
     def __init__(self, cfg: AceStepConfig, n: int, frames: int, cond_len: int, seed: int = 0):
-        gen = torch.Generator().manual_seed(seed)
-        latent = cfg.audio_acoustic_hidden_dim
         self.n = n
-        self.sample = {
-            "target_latents": torch.randn(frames, latent, generator=gen),
-            "encoder_hidden_states": torch.randn(cond_len, cfg.encoder_hidden_size, generator=gen),
-            "encoder_attention_mask": torch.ones(cond_len, dtype=torch.bool),
-            "context_latents": torch.randn(frames, cfg.in_channels - latent, generator=gen),
-        }
+        self.sample = synthetic_sample(cfg, frames, cond_len, seed)
 
     def __len__(self) -> int:
         return self.n
@@ -209,8 +168,10 @@ def bf16_peak_tflops(device: torch.device) -> tuple[str, float | None]:
 
 def peak_memory(device: torch.device) -> dict:
     if device.type == "cuda":
+        free, total = torch.cuda.mem_get_info(device)
         return {"peak_allocated_gib": torch.cuda.max_memory_allocated(device) / 2**30,
-                "peak_reserved_gib": torch.cuda.max_memory_reserved(device) / 2**30}
+                "peak_reserved_gib": torch.cuda.max_memory_reserved(device) / 2**30,
+                "device_used_gib": (total - free) / 2**30}  # context + reserved cache: what nvidia-smi shows
     return {"peak_rss_gib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20}  # KiB on Linux
 
 
@@ -294,6 +255,7 @@ def main() -> None:
     parser.add_argument("--frames", type=int, default=750, help="latent frames per segment (25 Hz: 750 = 30 s)")
     parser.add_argument("--cond-len", type=int, default=769, help="condition tokens")
     parser.add_argument("--threads", type=int, help="CPU threads (torch.set_num_threads); 1 is steadier on a shared machine")
+    parser.add_argument("--json-out", type=Path, default=RESULTS, help="append the result as one JSON line here")
     parser.add_argument("--profile", type=int, default=0, metavar="ROWS", help="torch.profiler the timed steps, print top ROWS ops")
     args = parser.parse_args()
     if args.warmup < 1 or args.steps < 1:
@@ -302,8 +264,8 @@ def main() -> None:
         torch.set_num_threads(args.threads)
     result = run(args)
     report(result)
-    RESULTS.parent.mkdir(parents=True, exist_ok=True)
-    with RESULTS.open("a") as fh:
+    args.json_out.parent.mkdir(parents=True, exist_ok=True)
+    with args.json_out.open("a") as fh:
         fh.write(json.dumps(result) + "\n")
 
 

@@ -15,6 +15,7 @@ from housevox.errors import HousevoxError, UsageError, run_cli
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
 _LORA_FIELDS = ("rank", "alpha", "dropout", "target_modules_str", "attention_type", "bias")
 _SEED_NAMES = {"epochs": "max_epochs", "gradient_accumulation": "accumulate_grad_batches"}
+GPU_CHOICES = ("rtx3090", "rtx4090", "l4", "a100-40gb", "a100-80gb", "h100", "h200")  # housevox.train.memory.GPUS
 DEFAULT_CFG_RATIO = 0.15  # assumed when a config does not say (the usual base-model value)
 
 
@@ -42,14 +43,17 @@ def load_run_config(path: Path) -> dict:
     return {_SEED_NAMES.get(k, k): v for k, v in raw.items()}
 
 
-def _build_model(checkpoint_dir):
-    """The DiT for the run's checkpoint on the meta device (XL when no config.json is found) and a note."""
+def _build_model(checkpoint_dir, preset: str | None = None):
+    """The run's model config and its DiT on the meta device (`preset`, else config.json, else XL) and a note."""
     from housevox.acestep.config import AceStepConfig
     from housevox.acestep.modules import build_dit
     from housevox.acestep.presets import PRESETS
 
     config_file = Path(checkpoint_dir) / "config.json" if checkpoint_dir else None
-    if config_file and config_file.is_file():
+    if preset:
+        cfg = AceStepConfig.from_upstream(PRESETS[preset], f"--preset {preset}")
+        note = f"model: ACE-Step v1.5 {preset} base (--preset {preset})"
+    elif config_file and config_file.is_file():
         try:
             cfg = AceStepConfig.from_upstream(json.loads(config_file.read_text()), str(config_file))
         except ValueError as exc:
@@ -59,7 +63,7 @@ def _build_model(checkpoint_dir):
         cfg = AceStepConfig.from_upstream(PRESETS["xl"])
         where = f"model.checkpoint_dir {checkpoint_dir} has no config.json" if checkpoint_dir else "no model.checkpoint_dir"
         note = f"model: {where}; assuming ACE-Step v1.5 XL base"
-    return build_dit(cfg, device="meta"), cfg.model_version if not cfg.is_turbo else "turbo", note
+    return cfg, build_dit(cfg, device="meta"), cfg.model_version if not cfg.is_turbo else "turbo", note
 
 
 def total_optimizer_steps(run: dict) -> int | None:
@@ -92,19 +96,46 @@ def cmd_lint(args) -> int:
         raise UsageError(f"{path}: bad value ({exc})") from None
     except HousevoxError as exc:
         raise UsageError(f"{path}: {exc}") from None
-    dit, model_version, model_note = _build_model(run.get("checkpoint_dir"))
+    cfg, dit, model_version, model_note = _build_model(run.get("checkpoint_dir"), args.preset)
     plan = resolve_targets(dit, settings)
     total = total_optimizer_steps(run)
     warnings = lint_run(
         settings, model_version=model_version, total_steps=total, plan=plan,
         save_dtype=DTYPES[args.lora_dtype], scheduler_type=run.get("scheduler_type", "cosine_restarts"), **numbers,
     )
-    for line in [model_note, *lint_notes(settings, plan=plan, total_steps=total, save_dtype=DTYPES[args.lora_dtype])]:
+    memory_notes, memory_warnings = _memory_lint(path, run, cfg, args)
+    warnings += memory_warnings
+    for line in [model_note, *lint_notes(settings, plan=plan, total_steps=total, save_dtype=DTYPES[args.lora_dtype]),
+                 *memory_notes]:
         print(f"note: {line}")
     for line in warnings:
         print(f"warning: {line}")
     print(f"{path}: {len(warnings)} warning{'s' if len(warnings) != 1 else ''}")
     return 0
+
+
+def _memory_lint(path: Path, run: dict, cfg, args) -> tuple[list[str], list[str]]:
+    """Predicted GPU memory and step time of the run, checked against --gpu-memory or the --gpu card's size."""
+    from housevox.train.memory import GPUS, RunShape, memory_lint
+
+    try:
+        shape = RunShape.from_settings(run)
+    except (TypeError, ValueError) as exc:
+        raise UsageError(f"{path}: bad value ({exc})") from None
+    except HousevoxError as exc:
+        raise UsageError(f"{path}: {exc}") from None
+    budget = args.gpu_memory if args.gpu_memory is not None else (GPUS[args.gpu][0] if args.gpu else None)
+    return memory_lint(cfg.raw, shape, budget, args.gpu)
+
+
+def _positive_gib(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number of GiB") from None
+    if not 0 < value < 1e4:
+        raise argparse.ArgumentTypeError(f"{text!r} GiB is not a card size")
+    return value
 
 
 def cmd_inspect(args) -> int:
@@ -135,6 +166,10 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p = sub.add_parser("lint", help="warn about a run config before training (alpha/rank, targets, CFG, schedule)")
     p.add_argument("--config", required=True, help="LightningCLI YAML or the seed's flat JSON")
     p.add_argument("--lora-dtype", choices=DTYPES, default="bf16", help="dtype the LoRA files will be saved in")
+    p.add_argument("--preset", choices=("xl", "2b"), help="model dims when no checkpoint (config.json) is at hand")
+    p.add_argument("--gpu-memory", type=_positive_gib, metavar="GiB",
+                   help="warn when the predicted peak exceeds this, naming the cheapest change that fits")
+    p.add_argument("--gpu", choices=GPU_CHOICES, help="card for the step time (and the budget, without --gpu-memory)")
     p.set_defaults(func=cmd_lint)
     p = sub.add_parser("convert", help="rewrite a LoRA in another layout, losslessly")
     p.add_argument("src", help="LoRA file or PEFT folder (any of the three layouts)")

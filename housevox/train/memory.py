@@ -1,0 +1,410 @@
+"""Predicted GPU memory and step time of a LoRA run, from one real training step on fake tensors.
+
+The step is production's: `HouseVoxLoRA` built from the checkpoint's config on the meta device
+(no weights), its loss, backward, gradient clipping and optimizer, run twice under
+FakeTensorMode while `LiveBytes` counts every live storage; the second step (optimizer state
+present, grads of the first step alive until `zero_grad`, as Lightning orders it) gives the
+peak. FLOPs of the same step come from FlopCounterMode. Modelled, not traced (and labelled so):
+
+- int8/NF4 frozen weights: the trace holds the bf16 base; bitsandbytes' layout replaces it
+  (int8: 1 B per weight + an fp32 scale per row; NF4 blocksize 64 with double-quantised absmax:
+  0.5 B per weight + 1 B per 64 weights + 4 B per 64·256), plus one weight dequantised to bf16
+  during each quantised matmul. int8's own saved input copies are not modelled (with
+  checkpointing they live for one block only).
+- bitsandbytes' AdamW8bit: its state buffers are allocated by bitsandbytes' own `init_state`
+  under fake tensors; its update kernel runs in place and is not run.
+- The CUDA context and cuBLAS workspace: a stated allowance, outside torch's allocator counters.
+"""
+
+import contextlib
+import functools
+import json
+import logging
+import math
+import weakref
+from dataclasses import dataclass, replace
+
+import torch
+from torch import nn
+from torch._subclasses.fake_tensor import FakeTensorMode
+from torch.utils._python_dispatch import TorchDispatchMode
+from torch.utils._pytree import tree_map_only
+from torch.utils.flop_counter import flop_registry, sdpa_backward_flop_count, sdpa_flop_count
+
+from housevox.acestep import flow
+from housevox.errors import HousevoxError
+from housevox.train.optim import OPTIMIZERS
+from housevox.train.quantize import QUANTIZE_MODES
+from housevox.train.synthetic import CONDITION_TOKENS, SEGMENT_FRAMES, SyntheticBaseLoRA, synthetic_sample, with_depth
+
+FROZEN, LORA, GRADS, OPTIMIZER, ACTIVATIONS = ("frozen weights", "LoRA parameters", "gradients", "optimizer state",
+                                               "activations and temporaries")
+CATEGORIES = (FROZEN, LORA, GRADS, OPTIMIZER, ACTIVATIONS)
+CUDA_BLOCK = 512  # the CUDA caching allocator rounds every allocation up to this
+CUDA_CONTEXT_GIB = 0.50  # allowance: CUDA context + kernels (not in torch's counters)
+CUDA_WORKSPACE_GIB = 0.0625  # allowance: cuBLAS/cuBLASLt workspaces
+EXTRAPOLATE_FROM = (2, 4)  # block counts traced for a deeper base (even: sliding/full pairs)
+UTILISATION = 0.40  # of the dense bf16 peak; the seed's own 3090 run reached ~38 % (benchmarks/RESULTS.md)
+# Cards: (memory GiB, dense bf16 tensor TFLOP/s with fp32 accumulate), from NVIDIA's data sheets/whitepapers.
+GPUS = {"rtx3090": (24.0, 35.6), "rtx4090": (24.0, 165.2), "l4": (22.5, 121.0), "a100-40gb": (40.0, 312.0),
+        "a100-80gb": (80.0, 312.0), "h100": (79.6, 989.0), "h200": (139.8, 989.0)}
+GPU_NAME_PATTERNS = (("3090", "rtx3090"), ("4090", "rtx4090"), ("L4", "l4"), ("A100", "a100-80gb"),
+                     ("H100", "h100"), ("H200", "h200"))
+
+
+aten = torch.ops.aten
+
+
+def _grouped(q: torch.Tensor, kv: torch.Tensor) -> tuple[int, ...]:
+    """`kv`'s shape with the query's head count: grouped-query attention costs as many FLOPs per query head."""
+    return (kv.shape[0], q.shape[1], *kv.shape[2:])
+
+
+def _cpu_attention_flops(q, k, v, *args, out_val=None, **kwargs) -> int:
+    return sdpa_flop_count(q.shape, _grouped(q, k), _grouped(q, v))
+
+
+def _cpu_attention_backward_flops(grad_out, q, k, v, *args, out_val=None, **kwargs) -> int:
+    return sdpa_backward_flop_count(grad_out.shape, q.shape, _grouped(q, k), _grouped(q, v))
+
+
+# The fake trace runs the CPU attention kernels; they count as the CUDA kernels a GPU run would use.
+_FLOP_FORMULAS = {**flop_registry,
+                  aten._scaled_dot_product_flash_attention_for_cpu: _cpu_attention_flops,
+                  aten._scaled_dot_product_flash_attention_for_cpu_backward: _cpu_attention_backward_flops}
+
+
+class LiveBytes(TorchDispatchMode):
+    """Bytes of every live tensor storage by category, the breakdown when the total peaked, and FLOPs.
+
+    Storages are tagged when an op creates them (as `phase`) or when `tag` is called; a weak
+    reference untallies them when they are freed. Works the same on real and fake tensors.
+    FLOPs use torch.utils.flop_counter's formulas; FlopCounterMode itself is not used because its
+    module hooks keep checkpoint-recomputed activations alive through the backward.
+    """
+
+    def __init__(self, round_to: int = 1):
+        super().__init__()
+        self.round_to = round_to
+        self.phase = ACTIVATIONS
+        self.flops = 0
+        self.current = dict.fromkeys(CATEGORIES, 0)
+        self.peak = dict(self.current)
+        self._live: dict[int, list] = {}  # id(storage) -> [weakref, category, bytes]
+
+    def _bytes(self, storage) -> int:
+        return math.ceil(storage.nbytes() / self.round_to) * self.round_to
+
+    def _freed(self, key: int, _ref) -> None:
+        entry = self._live.pop(key, None)
+        if entry is not None:
+            self.current[entry[1]] -= entry[2]
+
+    def tag(self, tensor: torch.Tensor, category: str) -> None:
+        """Count `tensor`'s storage under `category` (moving it there if it is already counted)."""
+        storage = tensor.untyped_storage()
+        entry = self._live.get(id(storage))
+        if entry is None:
+            key = id(storage)
+            entry = self._live[key] = [weakref.ref(storage, lambda ref, key=key: self._freed(key, ref)), category,
+                                       self._bytes(storage)]
+            self.current[category] += entry[2]
+        elif entry[1] != category:
+            self.current[entry[1]] -= entry[2]
+            self.current[category] += entry[2]
+            entry[1] = category
+        self._note_peak()
+
+    def _note_peak(self) -> None:
+        if sum(self.current.values()) > sum(self.peak.values()):
+            self.peak = dict(self.current)
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        out = func(*args, **(kwargs or {}))
+        formula = _FLOP_FORMULAS.get(func._overloadpacket)
+        if formula is not None:
+            self.flops += formula(*args, **(kwargs or {}), out_val=out)
+        tree_map_only(torch.Tensor, self._tag_new, out)
+        self._note_peak()
+        return out
+
+    def _tag_new(self, tensor: torch.Tensor) -> None:
+        if id(tensor.untyped_storage()) not in self._live:
+            self.tag(tensor, self.phase)
+
+
+@dataclass(frozen=True)
+class RunShape:
+    """What a run's memory depends on: the module's settings and the batch."""
+
+    rank: int = 128
+    target_modules_str: str = "q_proj k_proj v_proj o_proj gate_proj up_proj down_proj"
+    attention_type: str = "both"
+    gradient_checkpointing: bool = True
+    quantize_base: str = "none"
+    optimizer_type: str = "adamw8bit"
+    min_8bit_size: int = 4096
+    batch_size: int = 1
+    frames: int = SEGMENT_FRAMES
+    cond_len: int = CONDITION_TOKENS
+
+    @classmethod
+    def from_settings(cls, settings: dict, **overrides) -> "RunShape":
+        """The shape of a run from its config fields (HouseVoxLoRA's names; missing ones take its defaults)."""
+        known = {f: settings[f] for f in cls.__dataclass_fields__ if settings.get(f) is not None}
+        shape = cls(**{**known, **overrides})
+        if shape.quantize_base not in QUANTIZE_MODES:
+            raise HousevoxError(f"quantize_base: {shape.quantize_base!r} is not one of {', '.join(QUANTIZE_MODES)}")
+        if shape.optimizer_type not in OPTIMIZERS:
+            raise HousevoxError(f"optimizer_type: unknown optimizer {shape.optimizer_type!r} (choose from {', '.join(OPTIMIZERS)})")
+        return replace(shape, rank=int(shape.rank), batch_size=int(shape.batch_size),
+                       gradient_checkpointing=bool(shape.gradient_checkpointing))
+
+    def describe(self) -> str:
+        return (f"r {self.rank}, {self.attention_type} attention, checkpointing {'on' if self.gradient_checkpointing else 'off'}, "
+                f"quantize_base {self.quantize_base}, {self.optimizer_type}, batch {self.batch_size}, "
+                f"T {self.frames}, L {self.cond_len}")
+
+
+@dataclass(frozen=True)
+class Prediction:
+    """Peak bytes by category (traced, with the modelled parts applied), FLOPs of one micro-batch."""
+
+    shape: RunShape
+    peak: dict
+    flops: float
+    modelled: tuple[str, ...]
+
+    @property
+    def allocated(self) -> int:
+        """What torch.cuda.max_memory_allocated would report."""
+        return sum(self.peak.values())
+
+    @property
+    def on_card_gib(self) -> float:
+        """Allocated peak plus the context/workspace allowance: what the card must hold."""
+        return self.allocated / 2**30 + CUDA_CONTEXT_GIB + CUDA_WORKSPACE_GIB
+
+    def step_seconds(self, tflops: float, utilisation: float = UTILISATION) -> float:
+        """Seconds per micro-batch (forward + backward + recompute) at `utilisation` of a `tflops` peak."""
+        return self.flops / (tflops * 1e12 * utilisation)
+
+
+def _fake_materialise(module: nn.Module, mode: FakeTensorMode, device: str) -> None:
+    """Replace every meta parameter and buffer by a fake tensor of the same shape and dtype on `device`."""
+    made: dict[int, torch.Tensor] = {}
+    with mode:
+        for sub in module.modules():
+            for store in (sub._parameters, sub._buffers):
+                for name, t in store.items():
+                    if t is None:
+                        continue
+                    if id(t) not in made:
+                        fake = torch.empty(t.shape, dtype=t.dtype, device=device)
+                        made[id(t)] = nn.Parameter(fake, requires_grad=t.requires_grad) if isinstance(t, nn.Parameter) else fake
+                    store[name] = made[id(t)]
+
+
+def _optimizer_step(optimizer, traced: bool) -> None:
+    """The optimizer step; under fake tensors bitsandbytes only allocates its state (its kernel works in place)."""
+    if traced and hasattr(optimizer, "init_state"):
+        for gindex, group in enumerate(optimizer.param_groups):
+            for pindex, p in enumerate(group["params"]):
+                if p.grad is not None and not optimizer.state[p]:
+                    optimizer.init_state(group, p, gindex, pindex)
+        return
+    optimizer.step()
+
+
+def measure_steps(module: SyntheticBaseLoRA, shape: RunShape, tracker: LiveBytes, fake: FakeTensorMode | None = None,
+                  steps: int = 2) -> float:
+    """Run `steps` optimizer steps of `module` under `tracker` (inside `fake` when given); FLOPs of the last.
+
+    Lightning's order per optimizer step (batch size `shape.batch_size`, no accumulation): forward,
+    zero_grad (set to None), backward, gradient clipping, optimizer step.
+    """
+    cfg = module.config
+    sample = synthetic_sample(cfg, shape.frames, shape.cond_len)
+    gen = torch.Generator().manual_seed(0)
+    batch = {k: v.expand(shape.batch_size, *v.shape).contiguous() for k, v in sample.items()}
+    noise = torch.randn(batch["target_latents"].shape, generator=gen)
+    t = flow.sample_timesteps(shape.batch_size, cfg.timestep_mu, cfg.timestep_sigma, gen)
+    optimizer = module.configure_optimizers()  # outside the fake mode: bitsandbytes builds real lookup tables
+    if fake is not None:
+        batch, noise, t = ({k: fake.from_tensor(v) for k, v in batch.items()}, fake.from_tensor(noise), fake.from_tensor(t))
+    for name, p in module.named_parameters():
+        tracker.tag(p, LORA if p.requires_grad else FROZEN)
+        if p.requires_grad:
+            p.register_post_accumulate_grad_hook(lambda p: tracker.tag(p.grad, GRADS))
+    for b in module.buffers():
+        tracker.tag(b, FROZEN)
+    with fake if fake is not None else contextlib.nullcontext(), tracker:
+        for k, v in (*batch.items(), ("noise", noise), ("t", t)):
+            tracker.tag(v, ACTIVATIONS)
+        for _ in range(steps):
+            tracker.flops = 0
+            loss = module.flow_loss(batch, t, noise)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            del loss
+            module.configure_gradient_clipping(optimizer)
+            tracker.phase = OPTIMIZER
+            _optimizer_step(optimizer, traced=fake is not None)
+            for state in optimizer.state.values():
+                for value in state.values():
+                    if isinstance(value, torch.Tensor):
+                        tracker.tag(value, OPTIMIZER)
+            tracker.phase = ACTIVATIONS
+    return float(tracker.flops)
+
+
+def module_for(base: dict, shape: RunShape, weights: str, base_dtype: torch.dtype | None) -> SyntheticBaseLoRA:
+    """The production module of this run shape on a synthetic base (quantisation is modelled, not built)."""
+    module = SyntheticBaseLoRA(base, weights=weights, base_dtype=base_dtype, rank=shape.rank, alpha=float(shape.rank),
+                               target_modules_str=shape.target_modules_str, attention_type=shape.attention_type,
+                               gradient_checkpointing=shape.gradient_checkpointing, optimizer_type=shape.optimizer_type,
+                               min_8bit_size=shape.min_8bit_size, quantize_base="none", seed=0)
+    module.configure_model()
+    return module
+
+
+def quantised_bytes(out_features: int, in_features: int, mode: str) -> int:
+    """bitsandbytes' storage for one frozen Linear weight (see the module docstring for the layouts)."""
+    n = out_features * in_features
+    if mode == "int8":
+        return n + 4 * out_features
+    blocks = math.ceil(n / 64)
+    return math.ceil(n / 2) + blocks + 4 * math.ceil(blocks / 256) + 4 * 256 + 4  # + nested code and offset
+
+
+def _quantisable(dit: nn.Module) -> list[nn.Linear]:
+    """The Linears `quantize_frozen_base` replaces: plain Linears in the blocks (PEFT's base layers, not LoRA A/B)."""
+    return [m for name, m in dit.layers.named_modules() if type(m) is nn.Linear and ".lora_" not in name]
+
+
+def _trace(base: dict, shape: RunShape, dtype: torch.dtype, round_to: int) -> tuple[dict, float, list[tuple[int, int]]]:
+    """Peak, FLOPs and the quantisable Linears' (out, in) of one fake-tensor trace (cached: suggestions reuse it)."""
+    return _cached_trace(json.dumps(base, sort_keys=True), shape, dtype, round_to)
+
+
+@functools.lru_cache(maxsize=16)
+def _cached_trace(base_json: str, shape: RunShape, dtype: torch.dtype, round_to: int):
+    housevox_log = logging.getLogger("housevox")
+    level = housevox_log.level
+    housevox_log.setLevel(logging.ERROR)  # the lint already reports the targets; the trace's module must not repeat it
+    try:
+        module = module_for(json.loads(base_json), shape, "meta", dtype)
+    finally:
+        housevox_log.setLevel(level)
+    fake = FakeTensorMode()
+    _fake_materialise(module, fake, "cpu")
+    tracker = LiveBytes(round_to=round_to)
+    flops = measure_steps(module, shape, tracker, fake)
+    return dict(tracker.peak), flops, [(m.out_features, m.in_features) for m in _quantisable(module.dit)]
+
+
+def predict(base: dict, shape: RunShape, dtype: torch.dtype = torch.bfloat16, round_to: int = CUDA_BLOCK) -> Prediction:
+    """Predicted peak of one CUDA training step of `shape` on the base `base` (upstream config dict).
+
+    A base deeper than EXTRAPOLATE_FROM[-1] blocks is traced at EXTRAPOLATE_FROM depths and
+    extended linearly: its blocks are identical in shape, so every category (and the FLOPs) grows
+    by the same amount per block (tests check this against a full trace).
+    """
+    traced = replace(shape, quantize_base="none")
+    layers = int(base["num_hidden_layers"])
+    if layers > EXTRAPOLATE_FROM[-1]:
+        (low, low_flops, _), (high, high_flops, linears) = (_trace(with_depth(base, n), traced, dtype, round_to)
+                                                            for n in EXTRAPOLATE_FROM)
+        per_block = (layers - EXTRAPOLATE_FROM[0]) / (EXTRAPOLATE_FROM[1] - EXTRAPOLATE_FROM[0])
+        peak = {k: round(low[k] + (high[k] - low[k]) * per_block) for k in CATEGORIES}
+        flops = low_flops + (high_flops - low_flops) * per_block
+        blocks_traced = EXTRAPOLATE_FROM[-1]
+    else:
+        cached, flops, linears = _trace(base, traced, dtype, round_to)
+        peak = dict(cached)
+        blocks_traced = layers
+    modelled = []
+    if layers > EXTRAPOLATE_FROM[-1]:
+        modelled.append(f"{layers} blocks extended linearly from traces at {' and '.join(map(str, EXTRAPOLATE_FROM))}")
+    if shape.optimizer_type == "adamw8bit":
+        modelled.append("AdamW8bit state: allocated by bitsandbytes' init_state; its in-place update kernel is not run")
+    if shape.quantize_base != "none":
+        scale = layers / blocks_traced
+        element = torch.empty((), dtype=dtype).element_size()
+        full = round(scale * sum(o * i * element for o, i in linears))
+        quant = round(scale * sum(quantised_bytes(o, i, shape.quantize_base) for o, i in linears))
+        transient = max(o * i * 2 for o, i in linears)
+        peak[FROZEN] += quant - full
+        peak[ACTIVATIONS] += transient
+        modelled.append(f"{shape.quantize_base} frozen weights from bitsandbytes' layout ({quant / 2**30:.2f} GiB "
+                        f"for {full / 2**30:.2f} GiB bf16) + one weight dequantised during its matmul "
+                        f"({transient / 2**20:.0f} MiB)")
+    return Prediction(shape, peak, flops, tuple(modelled))
+
+
+def card_for(device_name: str) -> str | None:
+    """The GPUS key of a CUDA device name, when known."""
+    return next((key for pattern, key in GPU_NAME_PATTERNS if pattern in device_name), None)
+
+
+def _gib(n: float) -> str:
+    return f"{n / 2**30:.2f} GiB"
+
+
+def describe(p: Prediction, gpu: str | None = None) -> list[str]:
+    """Lines for the lint: the breakdown, the allowance, the total and the predicted step time."""
+    lines = [f"predicted peak GPU memory ({p.shape.describe()}): {_gib(p.allocated)} allocated = "
+             + " + ".join(f"{name} {_gib(b)}" for name, b in p.peak.items()),
+             f"  + CUDA context/workspace allowance {CUDA_CONTEXT_GIB + CUDA_WORKSPACE_GIB:.2f} GiB "
+             f"= {p.on_card_gib:.2f} GiB on the card"]
+    lines += [f"  modelled, not traced: {m}" for m in p.modelled]
+    cards = [gpu] if gpu else ["rtx3090", "h100"]
+    times = ", ".join(f"{p.step_seconds(GPUS[c][1]):.3f} s on {c}" for c in cards)
+    work = "forward + backward" + (" + recompute" if p.shape.gradient_checkpointing else "")
+    lines.append(f"predicted step time per micro-batch: {p.flops / 1e12:.2f} TFLOP ({work}) -> {times} "
+                 f"(at {UTILISATION:.0%} of the dense bf16 peak)")
+    return lines
+
+
+def cheaper_fits(base: dict, shape: RunShape, budget_gib: float, dtype: torch.dtype = torch.bfloat16) -> list[tuple[str, Prediction]]:
+    """Changes in order of cost, each predicted, until one fits `budget_gib`; then combined ones if none alone does."""
+    options = []
+    if not shape.gradient_checkpointing:
+        options.append(("gradient_checkpointing: true", replace(shape, gradient_checkpointing=True)))
+    if shape.batch_size > 1:
+        options.append((f"batch_size: {max(1, shape.batch_size // 2)} (raise accumulate_grad_batches to keep the "
+                        "effective batch)", replace(shape, batch_size=max(1, shape.batch_size // 2))))
+    for mode in ("int8", "nf4"):
+        if shape.quantize_base in ("none", "int8") and mode != shape.quantize_base:
+            options.append((f"quantize_base: {mode}", replace(shape, quantize_base=mode)))
+    if shape.rank > 8:
+        options.append((f"rank: {shape.rank // 2} (alpha too, to keep the scale)", replace(shape, rank=shape.rank // 2)))
+    tried = []
+    for label, option in options:
+        p = predict(base, option, dtype)
+        tried.append((label, p))
+        if p.on_card_gib <= budget_gib:
+            return tried
+    combined = replace(shape, gradient_checkpointing=True, batch_size=1, quantize_base="nf4")
+    while True:
+        p = predict(base, combined, dtype)
+        label = f"gradient_checkpointing, batch_size 1, quantize_base nf4, rank {combined.rank}"
+        tried.append((label, p))
+        if p.on_card_gib <= budget_gib or combined.rank <= 8:
+            return tried
+        combined = replace(combined, rank=combined.rank // 2)
+
+
+def memory_lint(base: dict, shape: RunShape, budget_gib: float | None = None, gpu: str | None = None
+                ) -> tuple[list[str], list[str]]:
+    """(notes, warnings) for the lint: the prediction, and when it exceeds `budget_gib` the cheapest change that fits."""
+    p = predict(base, shape)
+    notes, warnings = describe(p, gpu), []
+    if budget_gib is not None and p.on_card_gib > budget_gib:
+        tried = cheaper_fits(base, shape, budget_gib)
+        fits = [label for label, q in tried if q.on_card_gib <= budget_gib]
+        peaks = "; ".join(f"{label}: {q.on_card_gib:.2f} GiB" for label, q in tried)
+        verdict = f"cheapest change that fits: {fits[0]}" if fits else "no change tried fits"
+        warnings.append(f"predicted {p.on_card_gib:.2f} GiB on the card exceeds its {budget_gib:g} GiB: {verdict} "
+                        f"(predicted peaks: {peaks})")
+    return notes, warnings

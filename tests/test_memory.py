@@ -1,0 +1,162 @@
+"""Predicted training-step memory: the fake-tensor trace against the same real step on CPU, and its arithmetic."""
+
+import json
+from dataclasses import replace
+
+import pytest
+import torch
+from torch import nn
+
+from housevox.acestep.config import AceStepConfig
+from housevox.acestep.modules import build_dit
+from housevox.errors import run_cli
+from housevox.lora import LoRASettings, resolve_targets
+from housevox.lora.__main__ import main
+from housevox.train import memory
+from housevox.train.memory import ACTIVATIONS, FROZEN, GRADS, LORA, OPTIMIZER, LiveBytes, RunShape, predict
+from housevox.train.quantize import quantize_frozen_base
+from housevox.train.synthetic import base_config, with_depth
+
+CPU = dict(dtype=torch.float32, round_to=1)  # what a CPU run holds: the comparison is byte for byte
+
+
+def real_peak(base: dict, shape: RunShape) -> dict:
+    """The same two production steps on real random-init tensors, tracked the same way."""
+    module = memory.module_for(base, shape, "random", torch.float32)
+    tracker = LiveBytes()
+    memory.measure_steps(module, shape, tracker)
+    return tracker.peak
+
+
+def lora_params(base: dict, shape: RunShape) -> int:
+    dit = build_dit(AceStepConfig.from_upstream(base), device="meta")
+    return resolve_targets(dit, LoRASettings(rank=shape.rank, alpha=shape.rank, target_modules_str=shape.target_modules_str,
+                                             attention_type=shape.attention_type)).lora_params
+
+
+@pytest.mark.parametrize("optimizer", ["adamw8bit", "adamw"])
+@pytest.mark.parametrize("checkpointing", [True, False])
+def test_tiny_prediction_matches_the_real_cpu_step(optimizer, checkpointing):
+    base, shape = base_config("tiny"), RunShape(rank=16, optimizer_type=optimizer, gradient_checkpointing=checkpointing,
+                                                frames=200, cond_len=40)
+    predicted, real = predict(base, shape, **CPU).peak, real_peak(base, shape)
+    assert sum(predicted.values()) == pytest.approx(sum(real.values()), rel=0.05)
+    for category in (FROZEN, LORA, OPTIMIZER):  # nothing in these depends on the kernels: exact
+        assert predicted[category] == real[category]
+
+
+@pytest.mark.slow
+def test_xl_width_one_layer_prediction_matches_the_real_cpu_step():
+    base, shape = base_config("xl", layers=1), RunShape(rank=16, frames=50, cond_len=40)
+    predicted, real = predict(base, shape, **CPU).peak, real_peak(base, shape)
+    assert sum(predicted.values()) == pytest.approx(sum(real.values()), rel=0.05)
+    assert predicted[FROZEN] == real[FROZEN] > 800 * 2**20  # the 1-layer XL DiT in fp32
+    assert predicted[OPTIMIZER] == real[OPTIMIZER]
+
+
+def test_rank_grows_lora_grads_and_adam_state_by_their_bytes_per_parameter():
+    base = base_config("tiny")
+    low, high = RunShape(rank=8, optimizer_type="adamw"), RunShape(rank=32, optimizer_type="adamw")
+    a, b = predict(base, low, **CPU).peak, predict(base, high, **CPU).peak
+    extra = lora_params(base, high) - lora_params(base, low)
+    assert b[LORA] - a[LORA] == 4 * extra  # fp32 LoRA weights
+    assert b[OPTIMIZER] - a[OPTIMIZER] == 8 * extra  # AdamW: two fp32 moments per parameter
+    assert b[FROZEN] == a[FROZEN]
+
+
+def test_adamw8bit_state_is_two_bytes_per_parameter_plus_block_scales():
+    base, shape = base_config("tiny"), RunShape(rank=64, optimizer_type="adamw8bit", min_8bit_size=0)
+    module = memory.module_for(base, shape, "meta", torch.float32)
+    blocks = sum(-(-p.numel() // 256) for p in module.trainable_parameters())
+    state = predict(base, shape, **CPU).peak[OPTIMIZER]
+    qmaps = 2 * 256 * 4  # the two shared 256-entry lookup tables
+    assert state == 2 * lora_params(base, shape) + 2 * 4 * blocks + qmaps
+
+
+def test_checkpointing_keeps_activations_flat_in_depth_and_without_it_they_grow_per_block_and_per_sample():
+    base = base_config("tiny")
+    shape = RunShape(rank=4, frames=400, cond_len=40)
+    on = [predict(with_depth(base, n), shape, **CPU).peak[ACTIVATIONS] for n in (2, 4)]
+    block_input = (shape.frames // 2) * 64 * 4  # tokens x hidden x fp32: all a checkpointed block keeps
+    assert on[1] - on[0] in (0, 2 * block_input)
+    off = {(n, b): predict(with_depth(base, n), replace(shape, gradient_checkpointing=False, batch_size=b), **CPU).peak[ACTIVATIONS]
+           for n in (2, 4, 6) for b in (1, 2)}
+    per_block = off[4, 1] - off[2, 1]
+    assert per_block > 0 and off[6, 1] - off[4, 1] == pytest.approx(per_block, rel=0.01)
+    # every per-sample saved tensor doubles with the batch (the trace shows ~16 % more per block at batch 2 on CPU)
+    assert 2 * per_block <= off[4, 2] - off[2, 2] <= 2.5 * per_block
+    assert off[2, 1] > on[0]
+
+
+def test_deep_bases_are_extended_linearly_from_two_shallow_traces():
+    base, shape = with_depth(base_config("tiny"), 8), RunShape(rank=8, gradient_checkpointing=False, frames=200, cond_len=40)
+    extended = predict(base, shape)
+    full = memory._cached_trace.__wrapped__(json.dumps(base, sort_keys=True), shape, torch.bfloat16, memory.CUDA_BLOCK)
+    assert any("extended linearly" in m for m in extended.modelled)
+    for category in memory.CATEGORIES:
+        assert extended.peak[category] == pytest.approx(full[0][category], rel=0.01, abs=4096)
+    assert extended.flops == pytest.approx(full[1], rel=1e-6)
+
+
+@pytest.mark.parametrize("mode", ["int8", "nf4"])
+def test_quantised_layout_matches_bitsandbytes_storage(mode):
+    holder = nn.Module()
+    holder.layers = nn.Sequential(nn.Linear(1024, 2560, bias=False), nn.Linear(2560, 768, bias=False))
+    quantize_frozen_base(holder, mode)
+    tensors = {}
+    for layer in holder.layers:
+        state = getattr(layer.weight, "quant_state", None)
+        parts = [layer.weight, getattr(layer.weight, "SCB", None)]
+        if state is not None:
+            parts += [state.absmax, state.state2.absmax if state.nested else None]
+        tensors.update({t.data_ptr(): t.numel() * t.element_size() for t in parts if t is not None})
+    modelled = sum(memory.quantised_bytes(o, i, mode) for o, i in [(2560, 1024), (768, 2560)])
+    assert sum(tensors.values()) == pytest.approx(modelled, rel=0.01)
+    assert modelled < (2560 * 1024 + 768 * 2560) * 2 * (0.51 if mode == "int8" else 0.27)  # of bf16
+
+
+def test_quantisation_changes_only_the_frozen_weights_and_one_dequantised_weight():
+    base, shape = base_config("tiny"), RunShape(rank=8)
+    plain, nf4 = predict(base, shape), predict(base, replace(shape, quantize_base="nf4"))
+    assert nf4.peak[FROZEN] < plain.peak[FROZEN]
+    assert nf4.peak[LORA] == plain.peak[LORA] and nf4.peak[GRADS] == plain.peak[GRADS]
+    assert nf4.peak[ACTIVATIONS] - plain.peak[ACTIVATIONS] == 128 * 64 * 2  # tiny's largest block Linear in bf16
+    assert any("nf4 frozen weights" in m for m in nf4.modelled)
+
+
+def test_step_time_follows_the_counted_flops():
+    base = base_config("tiny")
+    on, off = (predict(base, RunShape(rank=8, gradient_checkpointing=c)) for c in (True, False))
+    assert on.flops > off.flops > 0  # recompute
+    assert off.step_seconds(100.0, 0.5) == pytest.approx(off.flops / 50e12)
+
+
+def cli(argv, capsys):
+    code = run_cli(main, argv)
+    out = capsys.readouterr()
+    return code, out.out, out.err
+
+
+def test_lint_names_the_cheapest_change_that_fits(tmp_path, tiny_checkpoint, capsys):
+    config = tmp_path / "run.yaml"
+    config.write_text(f"model:\n  checkpoint_dir: {tiny_checkpoint}\n  rank: 8\n  alpha: 8\n  cfg_ratio: 0.15\n")
+    base = json.loads((tiny_checkpoint / "config.json").read_text())
+    plain, int8 = predict(base, RunShape(rank=8)), predict(base, RunShape(rank=8, quantize_base="int8"))
+    budget = (plain.on_card_gib + int8.on_card_gib) / 2
+    code, out, err = cli(["lint", "--config", str(config), "--gpu-memory", f"{budget:.6f}", "--gpu", "rtx3090"], capsys)
+    assert code == 0, err
+    assert f"= {plain.on_card_gib:.2f} GiB on the card" in out
+    assert "frozen weights" in out and "optimizer state" in out and "s on rtx3090" in out
+    assert "cheapest change that fits: quantize_base: int8" in out
+    _, roomy, _ = cli(["lint", "--config", str(config), "--gpu-memory", "24"], capsys)
+    assert "exceeds" not in roomy and "0 warnings" in roomy
+
+
+def test_lint_rejects_a_bad_budget_and_a_bad_quantize_mode(tmp_path, capsys):
+    config = tmp_path / "run.yaml"
+    config.write_text("model:\n  quantize_base: int4\n")
+    with pytest.raises(SystemExit) as bad_budget:
+        main(["lint", "--config", str(config), "--gpu-memory", "lots"])
+    assert bad_budget.value.code == 2 and "--gpu-memory" in capsys.readouterr().err
+    code, _, err = cli(["lint", "--config", str(config), "--preset", "2b"], capsys)
+    assert code != 0 and "quantize_base" in err and "Traceback" not in err
