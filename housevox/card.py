@@ -13,11 +13,9 @@ from collections import Counter
 from collections.abc import Sequence
 from pathlib import Path
 
-import yaml
-
 from housevox.atomic import write_text
 from housevox.errors import HousevoxError, UsageError, run_cli
-from housevox.report import Run, SavePoint, load_run, loss_table_markdown, plot_training, save_figure
+from housevox.report import Run, SavePoint, load_run, loss_table_markdown, plot_training, run_config, save_figure
 
 CARD = "release_card.md"
 LOSS_PNG = "release_card_loss.png"
@@ -49,16 +47,6 @@ def _read_json(path: Path):
         return json.loads(path.read_text())
     except (OSError, ValueError) as exc:
         raise HousevoxError(f"{path}: unreadable ({exc})") from None
-
-
-def run_config(run: Run) -> dict:
-    path = run.folder / "config.yaml"
-    if not path.is_file():
-        return {}
-    try:
-        return yaml.safe_load(path.read_text()) or {}
-    except yaml.YAMLError as exc:
-        raise HousevoxError(f"{path}: not valid YAML ({str(exc).splitlines()[0]})") from None
 
 
 def segment_rows(segments: Path) -> list[dict]:
