@@ -23,17 +23,14 @@ from housevox.data.datamodule import split_entries
 from housevox.errors import HousevoxError, UsageError, run_cli
 from housevox.eval.embed import DEFAULT_CLAP, load_embedding
 from housevox.eval.evaluator import Evaluator
-from housevox.eval.prompts import distinct_prompts, plan_takes, read_prompts
-from housevox.eval.render import RenderKit, RenderSettings
+from housevox.eval.prompts import DEFAULT_SEED, DEFAULT_TAKES, distinct_prompts, plan_takes, read_prompts
+from housevox.eval.render import DEFAULT_CFG, DEFAULT_DURATION_S, RenderKit, RenderSettings
 from housevox.eval.results import eval_table_markdown
 from housevox.lora import load_lora_into, read_lora
 from housevox.report import Run, SavePoint, load_run, run_config
-from housevox.sample import DEFAULT_CFG, lora_defaults, pick_device
+from housevox.sample import lora_defaults, pick_device
 
 log = logging.getLogger("housevox")
-
-DEFAULT_TAKES = 8
-DEFAULT_SEED = 42
 
 
 def select_epochs(run: Run, value: str) -> list[SavePoint]:
@@ -76,7 +73,8 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p.add_argument("--embedding", choices=("clap", "vae"), default="clap",
                    help="clap (LAION CLAP from the local Hugging Face cache) or vae (the checkpoint's VAE, no download)")
     p.add_argument("--clap-model", default=DEFAULT_CLAP, help=f"CLAP model id or folder (default {DEFAULT_CLAP})")
-    p.add_argument("--duration", type=float, default=30.0, help="seconds per take (default 30, the segment length)")
+    p.add_argument("--duration", type=float, default=DEFAULT_DURATION_S,
+                   help=f"seconds per take (default {DEFAULT_DURATION_S:g}, the segment length)")
     p.add_argument("--steps", type=int, help="sampling steps (default: the LoRA header's num_inference_steps)")
     p.add_argument("--shift", type=float, help="timestep shift (default: the LoRA header's shift)")
     p.add_argument("--cfg", type=float, default=DEFAULT_CFG, help=f"guidance scale (default {DEFAULT_CFG:g})")
@@ -111,7 +109,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     ckpt = open_checkpoint(checkpoint_dir)
     kit = RenderKit.load(ckpt, device)
     embedding = load_embedding(args.embedding, kit.vae, args.clap_model, device)
-    evaluator = Evaluator(kit, embedding, takes, RenderSettings(args.duration, args.steps, args.cfg, args.shift),
+    evaluator = Evaluator(embedding, takes, RenderSettings(args.duration, args.steps, args.cfg, args.shift),
                           segments, train_rows, held_rows)
     dit = load_dit(ckpt, dtype=model_dtype(device), device=device)
     from torch.utils.tensorboard import SummaryWriter
@@ -120,7 +118,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         for save in saves:
             load_lora_into(dit, read_lora(save.comfyui_file), source=str(save.comfyui_file))
-            row = evaluator.score_epoch(dit, run.folder, save.epoch, save.global_step, save.comfyui_file.name, writer)
+            row = evaluator.score_epoch(dit, kit, embedding, run.folder, save.epoch, save.global_step,
+                                        save.comfyui_file.name, writer)
             log.info("eval: epoch %d: FAD to training set %.4g (base %.4g)", save.epoch, row["fad_train"],
                      evaluator.doc["base"]["fad_train"])
     finally:

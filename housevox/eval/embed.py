@@ -32,10 +32,10 @@ class ClapEmbedding:
         try:
             processor = ClapProcessor.from_pretrained(name, local_files_only=True)
             model = ClapModel.from_pretrained(name, local_files_only=True)
-        except OSError:
+        except (OSError, ValueError):  # not cached / not a repo id or folder (HFValidationError is a ValueError)
             raise HousevoxError(
-                f"CLAP model {name}: not in the local Hugging Face cache; fetch it once (`hf download {name}`) "
-                "or use --embedding vae") from None
+                f"CLAP model {name}: not in the local Hugging Face cache nor a model folder; fetch it once "
+                f"(`hf download {name}`) or use --embedding vae") from None
         return cls(model, processor, name, device)
 
     scores_text = True

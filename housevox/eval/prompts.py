@@ -12,6 +12,8 @@ from pathlib import Path
 
 from housevox.errors import HousevoxError
 
+DEFAULT_TAKES = 8
+DEFAULT_SEED = 42
 PROMPT_FIELDS = ("caption", "lyrics", "bpm", "keyscale", "timesignature", "language")
 
 

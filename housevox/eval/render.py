@@ -8,7 +8,10 @@ from housevox.acestep import load_silence_latent, load_vae, model_dtype
 from housevox.acestep.conditioning import ConditionBuilder
 from housevox.eval.prompts import EvalTake
 from housevox.lora import set_lora_scale
-from housevox.sample import Take, render
+from housevox.sample import DEFAULT_CFG, Take, render
+
+DEFAULT_DURATION_S = 30.0  # the segment length: renders and references cover the same span
+__all__ = ["DEFAULT_CFG", "DEFAULT_DURATION_S", "RenderKit", "RenderSettings", "render_takes"]
 
 
 @dataclass(frozen=True)
