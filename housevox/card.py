@@ -69,6 +69,8 @@ def eval_section(run: Run, chosen: int) -> list[str]:
         "Cells are LoRA (base alone); lower FAD is closer to the set, higher CLAP score follows the prompt better.",
         "", eval_table_markdown(doc, chosen=chosen), "",
         f"Best eval epoch: {doc['best_epoch']} ({doc['best_rule']}).",
+        *([] if any(r["fad_train"] < doc["base"]["fad_train"] for r in doc["epochs"]) else
+          ["", "No scored epoch brought the renders closer to the training set than the base alone."]),
     ]
 
 

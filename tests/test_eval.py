@@ -192,3 +192,25 @@ def test_best_epoch_keeps_prompt_adherence_and_carry_over():
     for epoch, fad in ((2, 2.5), (4, 2.0)):
         add_epoch(vae, epoch_row(epoch, epoch, "f", {"fad_train": fad, "fad_held_out": None, "clap_score": None}, vae["base"]))
     assert best_epoch(vae) == 4 and "fad_held_out_vs_base" not in vae["epochs"][0]
+
+
+def test_lint_states_the_fit_time_eval_cost():
+    from housevox.lora import LoRASettings, lint_run
+
+    common = dict(cfg_ratio=0.15, model_version="base", warmup_steps=10, num_cycles=1, cycle_steps=None, plan=None,
+                  total_steps=5800, max_epochs=100, segments_per_step=4, inference_steps=50)
+    assert not any("eval_every_n_epochs" in w for w in lint_run(LoRASettings(), **common))
+    (line,) = [w for w in lint_run(LoRASettings(), eval_every_n_epochs=10, eval_takes=8, **common) if "eval_every" in w]
+    # the seed run: 232 segments x 100 epochs; 10 exports x 8 takes + 8 base takes, 50 steps, CFG pairs
+    assert "88 takes" in line and "8,800 DiT forwards" in line and "19% of the training run's compute" in line
+    assert "32 PFLOP (FLOP estimate, not measured)" in line
+
+
+def test_fit_eval_option_must_follow_exports(tiny_checkpoint):
+    from housevox.train.module import HouseVoxLoRA
+
+    with pytest.raises(HousevoxError, match="multiple of save_every"):
+        HouseVoxLoRA(str(tiny_checkpoint), save_every=2, eval_every_n_epochs=3)
+    with pytest.raises(HousevoxError, match="eval_embedding"):
+        HouseVoxLoRA(str(tiny_checkpoint), eval_embedding="mert")
+    assert HouseVoxLoRA(str(tiny_checkpoint), save_every=2, eval_every_n_epochs=4).hparams.eval_every_n_epochs == 4

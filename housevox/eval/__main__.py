@@ -107,8 +107,9 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     device = pick_device(args.device)
     ckpt = open_checkpoint(checkpoint_dir)
+    clap = load_embedding("clap", None, args.clap_model, device) if args.embedding == "clap" else None  # before any model
     kit = RenderKit.load(ckpt, device)
-    embedding = load_embedding(args.embedding, kit.vae, args.clap_model, device)
+    embedding = clap or load_embedding("vae", kit.vae)
     evaluator = Evaluator(embedding, takes, RenderSettings(args.duration, args.steps, args.cfg, args.shift),
                           segments, train_rows, held_rows)
     dit = load_dit(ckpt, dtype=model_dtype(device), device=device)

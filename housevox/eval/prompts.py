@@ -6,11 +6,11 @@ validation tracks) test it on what it did not. The same takes are rendered for e
 and for the base, so the scores differ by the weights alone.
 """
 
-import json
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from housevox.errors import HousevoxError
+from housevox.jsonfile import jsonl_rows
 
 DEFAULT_TAKES = 8
 DEFAULT_SEED = 42
@@ -51,13 +51,9 @@ def read_prompts(path: str | Path) -> list[Prompt]:
     except (OSError, UnicodeDecodeError) as exc:
         raise HousevoxError(f"--prompts {path}: unreadable ({exc})") from None
     prompts = []
-    for lineno, line in enumerate(lines, 1):
-        if not line.strip():
-            continue
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError as exc:
-            raise HousevoxError(f"--prompts {path}:{lineno}: not JSON ({exc.msg})") from None
+    for lineno, row, problem in jsonl_rows(lines):
+        if problem:
+            raise HousevoxError(f"--prompts {path}:{lineno}: {problem}")
         if not isinstance(row, dict) or not isinstance(row.get("caption"), str) or not row["caption"].strip():
             raise HousevoxError(f"--prompts {path}:{lineno}: needs an object with a non-empty \"caption\"")
         if "key" in row:
