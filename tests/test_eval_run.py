@@ -84,10 +84,10 @@ def test_eval_errors_are_one_line(run, tmp_path, capsys, args, message):
     assert message in err and err.count("\n") == 1, err
 
 
-def test_card_best_eval_without_eval_json(tmp_path, capsys, tiny_checkpoint):
-    from housevox.card import _best_eval
+def test_card_best_eval_without_eval_json(tmp_path):
+    from housevox.card import choose
     from housevox.errors import HousevoxError
     from housevox.report import Run
 
     with pytest.raises(HousevoxError, match="run python -m housevox.eval"):
-        _best_eval(Run(tmp_path, {}, []))
+        choose(Run(tmp_path, {}, [], saves=[object()]), "best-eval")
