@@ -1,9 +1,9 @@
-"""`python -m housevox.card RUN_DIR [--epoch best|last|N]`: a release card written from the run itself.
+"""`python -m housevox.card RUN_DIR [--epoch best|best-eval|last|N]`: a release card written from the run itself.
 
 The seed's release text was typed by hand, and its numbers (a 244 MB file, a loss table
 copied from a console) drifted from the run. Here every number comes from the run folder:
 the event files, the LoRA headers and file sizes, the segments' manifest and prep report,
-and `run_profile.json` when training recorded one.
+`run_profile.json` when training recorded one, and `eval.json` when `housevox.eval` scored the epochs.
 """
 
 import argparse
@@ -13,11 +13,10 @@ from collections import Counter
 from collections.abc import Sequence
 from pathlib import Path
 
-import yaml
-
 from housevox.atomic import write_text
 from housevox.errors import HousevoxError, UsageError, run_cli
-from housevox.report import Run, SavePoint, load_run, loss_table_markdown, plot_training, save_figure
+from housevox.eval.results import EVAL_FILE, eval_table_markdown, read_eval
+from housevox.report import Run, SavePoint, load_run, loss_table_markdown, plot_training, run_config, save_figure
 
 CARD = "release_card.md"
 LOSS_PNG = "release_card_loss.png"
@@ -31,17 +30,48 @@ def choose(run: Run, epoch: str) -> SavePoint:
         raise HousevoxError(f"{run.folder}: no LoRA exported yet (lora/epoch_NNN/ is empty or missing)")
     if epoch == "last":
         return run.saves[-1]
+    if epoch == "best-eval":
+        return _best_eval(run)
     if epoch == "best":
         best = run.best(exported_only=True)
         if best is None:
             raise HousevoxError(f"{run.folder}: no val/loss logged for an exported epoch; use --epoch last or N")
         return best.save
     if not epoch.isdigit():
-        raise UsageError(f"--epoch must be best, last or an epoch number, not {epoch!r}")
+        raise UsageError(f"--epoch must be best, best-eval, last or an epoch number, not {epoch!r}")
     for s in run.saves:
         if s.epoch == int(epoch):
             return s
     raise HousevoxError(f"{run.folder}: no LoRA for epoch {epoch} (exported: {', '.join(str(s.epoch) for s in run.saves)})")
+
+
+def _best_eval(run: Run) -> SavePoint:
+    doc = read_eval(run.folder)
+    if doc is None or doc.get("best_epoch") is None:
+        raise HousevoxError(f"{run.folder}: no scored epoch in eval.json; run python -m housevox.eval {run.folder} first")
+    for s in run.saves:
+        if s.epoch == doc["best_epoch"]:
+            return s
+    raise HousevoxError(f"{run.folder / EVAL_FILE}: best epoch {doc['best_epoch']} has no LoRA in lora/ any more")
+
+
+def eval_section(run: Run, chosen: int) -> list[str]:
+    doc = read_eval(run.folder)
+    if doc is None:
+        return [f"- {NOT_RECORDED} (no {EVAL_FILE}: `python -m housevox.eval {run.folder}` scores every exported epoch)"]
+    emb, render = doc["embedding"], doc["settings"]["render"]
+    origins = Counter(t["origin"].replace("_", " ") for t in doc["settings"]["takes"])
+    prompts = ", ".join(f"{n} {origin}" for origin, n in sorted(origins.items()))
+    return [
+        f"From `{EVAL_FILE}`: {len(doc['settings']['takes'])} fixed takes per model ({prompts} prompts), "
+        f"{render['duration_s']:g} s, {render['steps']} steps, CFG {render['cfg']:g}, LoRA scale {doc['settings']['lora_scale']:g}; "
+        f"embedding {emb['kind']}{' ' + emb['model'] if emb.get('model') else ''}. "
+        "Cells are LoRA (base alone); lower FAD is closer to the set, higher CLAP score follows the prompt better.",
+        "", eval_table_markdown(doc, chosen=chosen), "",
+        f"Best eval epoch: {doc['best_epoch']} ({doc['best_rule']}).",
+        *([] if any(r["fad_train"] < doc["base"]["fad_train"] for r in doc["epochs"]) else
+          ["", "No scored epoch brought the renders closer to the training set than the base alone."]),
+    ]
 
 
 def _read_json(path: Path):
@@ -49,16 +79,6 @@ def _read_json(path: Path):
         return json.loads(path.read_text())
     except (OSError, ValueError) as exc:
         raise HousevoxError(f"{path}: unreadable ({exc})") from None
-
-
-def run_config(run: Run) -> dict:
-    path = run.folder / "config.yaml"
-    if not path.is_file():
-        return {}
-    try:
-        return yaml.safe_load(path.read_text()) or {}
-    except yaml.YAMLError as exc:
-        raise HousevoxError(f"{path}: not valid YAML ({str(exc).splitlines()[0]})") from None
 
 
 def segment_rows(segments: Path) -> list[dict]:
@@ -233,6 +253,7 @@ def render(run: Run, save: SavePoint, cfg: dict) -> str:
         "Epoch-end values from the TensorBoard event files; the global step is the optimizer steps done.", "",
         loss_table_markdown(run, chosen=save.epoch), "",
         f"![loss curve]({LOSS_PNG})", "",
+        "## Objective evaluation", "", *eval_section(run, save.epoch), "",
     ]
     return "\n".join(parts)
 
@@ -242,7 +263,8 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("run_dir", type=Path, help="run folder: lightning_logs/<run_name>")
     p.add_argument("--epoch", default="best",
-                   help="best (lowest val/loss among exported epochs, default), last, or an epoch number")
+                   help="best (lowest val/loss among exported epochs, default), best-eval (the best epoch in "
+                        "eval.json, see housevox.eval), last, or an epoch number")
     return p.parse_args(argv)
 
 

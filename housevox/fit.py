@@ -32,6 +32,7 @@ from housevox.train.callbacks import (
     run_dir,
 )
 from housevox.train.checkpoint_io import AtomicCheckpointIO
+from housevox.train.evaluate import ExportEval
 from housevox.train.module import HouseVoxLoRA
 from housevox.train.preview import AudioPreview
 from housevox.train.seed_config import load_seed_json
@@ -128,9 +129,10 @@ def _check_config_files(argv: list[str]) -> None:
 
 def callbacks() -> list:
     # LoRAExport before RunCheckpoints: the epoch's checkpoint is written once its LoRA is complete, so a
-    # kill during the export resumes from the step checkpoint before it and exports again.
+    # kill during the export resumes from the step checkpoint before it and exports again. ExportEval after
+    # LoRAExport: it scores the epoch just exported.
     return [CosineRestartSchedule(), LossLogger(), HeavyLogger(), NonFiniteLossGuard(), LoRAExport(),
-            RunCheckpoints(), RunLint(), RunProfile(), AudioPreview()]
+            RunCheckpoints(), RunLint(), RunProfile(), AudioPreview(), ExportEval()]
 
 
 def main(argv=None) -> int:

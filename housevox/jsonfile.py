@@ -1,6 +1,7 @@
 """Reading the small JSON files users hand to housevox (sidecars, configs), with one-line errors."""
 
 import json
+from collections.abc import Iterator
 from pathlib import Path
 
 from housevox.errors import HousevoxError
@@ -17,3 +18,14 @@ def read_json_object(path: str | Path, what: str = "JSON file") -> dict:
     if not isinstance(data, dict):
         raise HousevoxError(f"{path}: a {what} must be a JSON object")
     return data
+
+
+def jsonl_rows(lines: list[str]) -> Iterator[tuple[int, object, str | None]]:
+    """(1-based line number, value, None) per non-blank JSONL line, or (line number, None, why) when it is not JSON."""
+    for lineno, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
+        try:
+            yield lineno, json.loads(line), None
+        except json.JSONDecodeError as exc:
+            yield lineno, None, f"not JSON ({exc.msg})"

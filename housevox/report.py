@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
+import yaml
 from matplotlib.figure import Figure
 
 from housevox.atomic import write_bytes
@@ -128,6 +129,17 @@ def load_run(folder: str | Path) -> Run:
     epochs = [EpochRow(ep, v["step"], v.get("train/loss_epoch"), v.get("val/loss"), by_epoch.get(ep))
               for ep, v in sorted(per_epoch.items())]
     return Run(folder, scalars, epochs, saves)
+
+
+def run_config(run: Run) -> dict:
+    """The run's saved LightningCLI config (`config.yaml`), {} when it has none."""
+    path = run.folder / "config.yaml"
+    if not path.is_file():
+        return {}
+    try:
+        return yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as exc:
+        raise HousevoxError(f"{path}: not valid YAML ({str(exc).splitlines()[0]})") from None
 
 
 def module_norms(lora: str | Path) -> dict[str, float]:

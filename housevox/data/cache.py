@@ -29,6 +29,7 @@ from housevox.audio.channels import downmix_to_stereo
 from housevox.audio.io import load_audio
 from housevox.audio.resample import resample
 from housevox.errors import HousevoxError
+from housevox.jsonfile import jsonl_rows
 
 log = logging.getLogger(__name__)
 
@@ -158,13 +159,9 @@ def _read_manifest(segments_dir: Path, report: CacheBuildReport) -> list[dict]:
     except (OSError, UnicodeDecodeError) as exc:
         raise HousevoxError(f"{path}: unreadable manifest ({exc})") from None
     rows = []
-    for lineno, line in enumerate(lines, 1):
-        if not line.strip():
-            continue
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError as exc:
-            report.skipped.append((f"manifest.jsonl:{lineno}", f"not JSON ({exc.msg})"))
+    for lineno, row, problem in jsonl_rows(lines):
+        if problem:
+            report.skipped.append((f"manifest.jsonl:{lineno}", problem))
             continue
         if not isinstance(row, dict) or not isinstance(row.get("file"), str) or row.get("track") is None:
             report.skipped.append((f"manifest.jsonl:{lineno}", "row lacks `file` or `track`"))

@@ -157,6 +157,15 @@ def split_tracks(tracks: list[str], val_tracks: list[str] | None, val_fraction: 
     return set(ranked[:n_val])
 
 
+def split_entries(entries: list[dict], val_tracks: list[str] | None, val_fraction: float,
+                  cache_dir: str | Path) -> tuple[list[dict], list[dict]]:
+    """(training rows, validation rows) of a cache index, split by track: what training and the eval both use."""
+    if not entries:
+        raise HousevoxError(f"{Path(cache_dir) / 'index.json'}: the cache holds no segments")
+    val = split_tracks(sorted({row["track"] for row in entries}), val_tracks, val_fraction)
+    return [r for r in entries if r["track"] not in val], [r for r in entries if r["track"] in val]
+
+
 class SegmentCacheDataModule(L.LightningDataModule):
     """Owns the 30 s segment cache: encoders run once in prepare_data, training reads cached tensors only.
 
@@ -205,16 +214,12 @@ class SegmentCacheDataModule(L.LightningDataModule):
                  len(report.skipped))
 
     def setup(self, stage: str | None = None) -> None:
-        entries = read_index(self.cache_dir)
-        if not entries:
-            raise HousevoxError(f"{self.cache_dir / 'index.json'}: the cache holds no segments")
-        tracks = sorted({row["track"] for row in entries})
-        val = split_tracks(tracks, self.val_tracks, self.val_fraction)
+        train, val = split_entries(read_index(self.cache_dir), self.val_tracks, self.val_fraction, self.cache_dir)
         if not val:
             log.warning("no validation tracks (%d track(s) in the cache, val_fraction %s): validation is empty",
-                        len(tracks), self.val_fraction)
-        self.train_set = SegmentCacheDataset([r for r in entries if r["track"] not in val], self.cache_dir)
-        self.val_set = SegmentCacheDataset([r for r in entries if r["track"] in val], self.cache_dir)
+                        len({row["track"] for row in train}), self.val_fraction)
+        self.train_set = SegmentCacheDataset(train, self.cache_dir)
+        self.val_set = SegmentCacheDataset(val, self.cache_dir)
 
     def _sampler(self, dataset: SegmentCacheDataset, shuffle: bool) -> SeededBatchSampler:
         trainer = self.trainer

@@ -91,6 +91,11 @@ def cmd_lint(args) -> int:
             warmup_steps=int(run.get("warmup_steps") or 0),
             num_cycles=int(run.get("num_cycles") or 4),
             cycle_steps=int(run["cycle_steps"]) if run.get("cycle_steps") else None,
+            eval_every_n_epochs=int(run.get("eval_every_n_epochs") or 0),
+            eval_takes=int(run.get("eval_takes") or 8),
+            inference_steps=int(run.get("num_inference_steps") or 50),
+            max_epochs=int(run["max_epochs"]) if run.get("max_epochs") else None,
+            segments_per_step=int(run.get("batch_size") or 1) * int(run.get("accumulate_grad_batches") or 1),
         )
     except (TypeError, ValueError) as exc:
         raise UsageError(f"{path}: bad value ({exc})") from None

@@ -12,6 +12,24 @@ from housevox.lora.targets import ORIGINAL_TO_DIFFUSERS, LoRASettings, TargetPla
 from housevox.train.schedule import restart_steps
 
 _WEAK_OR_STRONG = 4.0  # alpha/r this far from 1 (either way) is almost always a typo
+# DiT forward passes per trained 30 s segment: forward + backward of the frozen base (activation gradients only,
+# DESIGN §7: 3.68 + 3.86 TFLOP on XL) ≈ 2 forwards. An eval take of 30 s is `steps` CFG-batched forwards of 2.
+TRAIN_FORWARDS_PER_SEGMENT = 2.0
+XL_FORWARD_TFLOP = 3.68  # one XL DiT forward of a 30 s segment (T 750, L 769), FlopCounterMode
+
+
+def eval_cost(eval_every_n_epochs: int, eval_takes: int, inference_steps: int, max_epochs: int,
+              total_steps: int, segments_per_step: int) -> str:
+    """What fit-time evals cost in DiT forwards, against the training run's own (renders only; VAE and embeddings aside)."""
+    exports = max_epochs // eval_every_n_epochs
+    renders = (exports + 1) * eval_takes  # + the base's takes, once
+    forwards = renders * inference_steps * 2
+    ratio = forwards / max(total_steps * segments_per_step * TRAIN_FORWARDS_PER_SEGMENT, 1)
+    return (f"eval_every_n_epochs {eval_every_n_epochs} costs GPU time: {exports} scored exports render "
+            f"{renders} takes of 30 s ({eval_takes} per export + the base's once) x {inference_steps} steps x 2 (CFG) = "
+            f"{forwards:,} DiT forwards, {ratio:.0%} of the training run's compute; on XL about "
+            f"{forwards * XL_FORWARD_TFLOP / 1000:,.0f} PFLOP (FLOP estimate, not measured). Set 0 and run "
+            "python -m housevox.eval after training to pay it only for the epochs you want")
 
 
 def size_mb(params: int, dtype: torch.dtype) -> float:
@@ -31,6 +49,11 @@ def lint_run(
     plan: TargetPlan | None,
     save_dtype: torch.dtype = torch.bfloat16,
     scheduler_type: str = "cosine_restarts",
+    eval_every_n_epochs: int = 0,
+    eval_takes: int = 0,
+    inference_steps: int = 50,
+    max_epochs: int | None = None,
+    segments_per_step: int = 1,
 ) -> list[str]:
     """Human-readable warnings; an empty list means nothing looks wrong."""
     warnings = []
@@ -70,6 +93,9 @@ def lint_run(
                     "ends near peak learning rate instead of in a trough; use equal cycles (num_cycles, no cycle_steps) "
                     "or a cycle_steps that divides the post-warmup steps"
                 )
+    if eval_every_n_epochs > 0 and max_epochs and total_steps:
+        warnings.append(eval_cost(eval_every_n_epochs, eval_takes, inference_steps, max_epochs, total_steps,
+                                  segments_per_step))
     if save_dtype == torch.float16:
         warnings.append("save dtype float16: small LoRA B values underflow and large ones overflow; use bf16 or fp32")
     return warnings

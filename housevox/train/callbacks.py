@@ -194,6 +194,12 @@ class RunCheckpoints(L.Callback):
         trainer.save_checkpoint(folder / "last.ckpt", weights_only=False)
 
 
+def export_file(trainer: L.Trainer, epoch: int) -> Path:
+    """The ComfyUI single file of an epoch's export: `lora/epoch_NNN/<run>_epoch_NNN.safetensors`."""
+    folder = run_dir(trainer)
+    return folder / "lora" / f"epoch_{epoch:03d}" / f"{folder.name}_epoch_{epoch:03d}.safetensors"
+
+
 class LoRAExport(L.Callback):
     """Writes the LoRA (PEFT folder + ComfyUI single file) every `save_every` epochs and at the end.
 
@@ -207,12 +213,12 @@ class LoRAExport(L.Callback):
         metadata = training_metadata(trainer, pl_module, epoch)
         if not trainer.is_global_zero:
             return
-        folder = run_dir(trainer) / "lora" / f"epoch_{epoch:03d}"
+        file = export_file(trainer, epoch)
         weights = extract_lora(pl_module.dit)
         weights.metadata.update(metadata)
-        write_peft_folder(folder / "adapter", weights, dtype=torch.float32)
-        write_comfyui_file(folder / f"{run_dir(trainer).name}_epoch_{epoch:03d}.safetensors", weights, dtype=torch.bfloat16)
-        log.info("LoRA for epoch %d written to %s", epoch, folder)
+        write_peft_folder(file.parent / "adapter", weights, dtype=torch.float32)
+        write_comfyui_file(file, weights, dtype=torch.bfloat16)
+        log.info("LoRA for epoch %d written to %s", epoch, file.parent)
 
     def on_train_epoch_end(self, trainer, pl_module) -> None:
         epoch = trainer.current_epoch + 1
@@ -268,7 +274,10 @@ class RunLint(L.Callback):
         hp = pl_module.hparams
         warnings = lint_run(pl_module.lora_settings, cfg_ratio=hp.cfg_ratio, model_version=pl_module.config.model_version,
                             warmup_steps=hp.warmup_steps, total_steps=int(trainer.estimated_stepping_batches),
-                            num_cycles=hp.num_cycles, cycle_steps=hp.cycle_steps, plan=pl_module.plan)
+                            num_cycles=hp.num_cycles, cycle_steps=hp.cycle_steps, plan=pl_module.plan,
+                            eval_every_n_epochs=hp.eval_every_n_epochs, eval_takes=hp.eval_takes,
+                            inference_steps=hp.num_inference_steps, max_epochs=trainer.max_epochs,
+                            segments_per_step=getattr(trainer.datamodule, "batch_size", 1) * trainer.accumulate_grad_batches)
         if pl_module.device.type == "cuda":
             notes, memory_warnings = predicted_memory(trainer, pl_module)
             for line in notes:

@@ -55,6 +55,9 @@ class HouseVoxLoRA(L.LightningModule):
         log_every: int = 10,
         log_heavy_every: int = 25,
         sample_every_n_epochs: int = 0,
+        eval_every_n_epochs: int = 0,
+        eval_takes: int = 8,
+        eval_embedding: str = "clap",
         checkpoint_every_n_steps: int = 50,
         max_nonfinite_steps: int = 10,
         min_8bit_size: int = 4096,
@@ -89,6 +92,11 @@ class HouseVoxLoRA(L.LightningModule):
             log_every: log step loss every N optimizer steps.
             log_heavy_every: log grad-norm and LoRA-norm histograms every N optimizer steps.
             sample_every_n_epochs: render a preview clip every N epochs (0 = off).
+            eval_every_n_epochs: score the LoRA export every N epochs (a multiple of save_every; 0 = off): FAD of
+                eval_takes renders to the training and held-out segments and the CLAP score, into eval.json and
+                eval/* scalars, as `python -m housevox.eval` does. Costs GPU time (the lint states how much).
+            eval_takes: takes rendered per scored export (and once for the base).
+            eval_embedding: clap (laion/larger_clap_music from the local Hugging Face cache) or vae.
             checkpoint_every_n_steps: write last.ckpt every N optimizer steps.
             max_nonfinite_steps: stop after this many non-finite steps in a row.
             min_8bit_size: tensors with fewer elements keep fp32 Adam state in adamw8bit.
@@ -106,6 +114,13 @@ class HouseVoxLoRA(L.LightningModule):
             raise HousevoxError(f"model.scheduler_type: unknown scheduler {scheduler_type!r} (cosine_restarts or constant)")
         if not 0.0 <= cfg_ratio < 1.0:
             raise HousevoxError(f"model.cfg_ratio: {cfg_ratio} must be in [0, 1)")
+        if eval_every_n_epochs < 0 or (eval_every_n_epochs and eval_every_n_epochs % save_every):
+            raise HousevoxError(f"model.eval_every_n_epochs: {eval_every_n_epochs} must be 0 (off) or a multiple of "
+                                f"save_every ({save_every}): only exported epochs are scored")
+        if eval_embedding not in ("clap", "vae"):
+            raise HousevoxError(f"model.eval_embedding: {eval_embedding!r} is not clap or vae")
+        if eval_every_n_epochs and eval_takes < 2:
+            raise HousevoxError(f"model.eval_takes: {eval_takes} must be at least 2 (FAD needs two takes)")
         if quantize_base not in QUANTIZE_MODES:
             raise HousevoxError(f"model.quantize_base: {quantize_base!r} is not one of {', '.join(QUANTIZE_MODES)}")
         self.config, self.base_fingerprint = self.describe_base(checkpoint_dir)

@@ -1,0 +1,79 @@
+"""Fit-time eval: score each LoRA export (FAD to the training and held-out segments, CLAP) as it is written.
+
+Off by default (model.eval_every_n_epochs: 0): every scored export renders eval_takes full
+takes, and the first one also the base's, which costs GPU time the lint states up front.
+The scores are the ones `python -m housevox.eval` writes (same takes, same eval.json).
+"""
+
+import gc
+import logging
+
+import lightning as L
+import torch
+from lightning.pytorch.loggers import TensorBoardLogger
+from lightning.pytorch.utilities import rank_zero_only
+
+from housevox.acestep import open_checkpoint
+from housevox.eval.embed import DEFAULT_CLAP, load_embedding
+from housevox.eval.evaluator import Evaluator
+from housevox.eval.prompts import DEFAULT_SEED, distinct_prompts, plan_takes
+from housevox.eval.render import DEFAULT_CFG, DEFAULT_DURATION_S, RenderKit, RenderSettings
+from housevox.train.callbacks import export_file, run_dir
+
+log = logging.getLogger("housevox")
+
+
+class ExportEval(L.Callback):
+    """After the LoRA export of every `eval_every_n_epochs`-th epoch: render, embed, score, write eval.json + eval/*.
+
+    The takes, references and base scores are made at the first scored export and kept; the
+    encoders, VAE and embedding model are loaded for each eval and freed after it, so training
+    memory is unchanged between evals.
+    """
+
+    def __init__(self):
+        self.evaluator: Evaluator | None = None
+
+    def on_fit_start(self, trainer, pl_module) -> None:
+        """Fail before any training when the CLAP weights are not in the local cache."""
+        hp = pl_module.hparams
+        if hp.eval_every_n_epochs > 0 and hp.eval_embedding == "clap" and trainer.is_global_zero:
+            load_embedding("clap", None, DEFAULT_CLAP)
+
+    @rank_zero_only
+    def on_train_epoch_end(self, trainer, pl_module) -> None:
+        hp = pl_module.hparams
+        epoch = trainer.current_epoch + 1
+        if hp.eval_every_n_epochs <= 0 or epoch % hp.eval_every_n_epochs:
+            return
+        device = next(pl_module.dit.parameters()).device
+        kit = RenderKit.load(open_checkpoint(hp.checkpoint_dir), device)
+        embedding = load_embedding(hp.eval_embedding, kit.vae, DEFAULT_CLAP, device)
+        try:
+            if self.evaluator is None:
+                self.evaluator = self._evaluator(trainer, pl_module, embedding)
+            row = self.evaluator.score_epoch(pl_module.dit, kit, embedding, run_dir(trainer), epoch, trainer.global_step,
+                                             export_file(trainer, epoch).name, _writer(trainer))
+            log.info("eval: epoch %d: FAD to training set %.4g (base %.4g)", epoch, row["fad_train"],
+                     self.evaluator.doc["base"]["fad_train"])
+        finally:
+            del kit, embedding
+            gc.collect()
+            if device.type == "cuda":
+                torch.cuda.empty_cache()
+
+    @staticmethod
+    def _evaluator(trainer, pl_module, embedding) -> Evaluator:
+        hp, data = pl_module.hparams, trainer.datamodule
+        train, held_out = data.train_set.entries, data.val_set.entries
+        takes = plan_takes(distinct_prompts(train, "train"), distinct_prompts(held_out, "held_out"), hp.eval_takes,
+                           DEFAULT_SEED)
+        settings = RenderSettings(DEFAULT_DURATION_S, hp.num_inference_steps, DEFAULT_CFG, hp.shift)
+        return Evaluator(embedding, takes, settings, data.segments_dir, train, held_out)
+
+
+def _writer(trainer):
+    for logger in trainer.loggers:
+        if isinstance(logger, TensorBoardLogger):
+            return logger.experiment
+    raise RuntimeError("eval_every_n_epochs needs the TensorBoard logger (housevox.fit sets it)")
