@@ -28,7 +28,7 @@ from housevox.acestep.modules import build_dit
 from housevox.acestep.presets import PRESETS
 from housevox.eval.embed import VaeEmbedding
 from housevox.eval.prompts import EvalTake, Prompt
-from housevox.eval.render import DEFAULT_CFG, DEFAULT_DURATION_S, RenderKit, RenderSettings, render_takes
+from housevox.eval.render import DEFAULT_GUIDANCE_SCALE, DEFAULT_DURATION_S, Renderer, RenderSettings, render_takes
 from housevox.lora import LoRASettings, apply_lora
 
 RESULTS = Path(__file__).resolve().parent / "results" / "eval_cost.jsonl"
@@ -88,10 +88,10 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         ckpt = open_checkpoint(make_fixture(Path(tmp) / "acestep-v15-tiny", preset="tiny", seed=0))
         device = torch.device("cpu")
-        kit = RenderKit.load(ckpt, device)
+        kit = Renderer.from_checkpoint(ckpt, device)
         dit = load_dit(ckpt, dtype=torch.float32, device=device)
         apply_lora(dit, LoRASettings(rank=16, alpha=16.0, target_modules_str=SEED_TARGETS))
-        settings = RenderSettings(args.duration, args.steps, DEFAULT_CFG, 1.0)
+        settings = RenderSettings(args.duration, args.steps, DEFAULT_GUIDANCE_SCALE, 1.0)
         take = [EvalTake(Prompt("house music style, soulful vocal performance, 122 bpm"), 42)]
         clips = []
         render_s = timed(lambda: clips.extend(render_takes(dit, kit, take, settings, 1.0)), args.repeats)

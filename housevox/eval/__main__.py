@@ -24,7 +24,7 @@ from housevox.errors import HousevoxError, UsageError, run_cli
 from housevox.eval.embed import DEFAULT_CLAP, load_embedding
 from housevox.eval.evaluator import Evaluator
 from housevox.eval.prompts import DEFAULT_SEED, DEFAULT_TAKES, distinct_prompts, plan_takes, read_prompts
-from housevox.eval.render import DEFAULT_CFG, DEFAULT_DURATION_S, RenderKit, RenderSettings
+from housevox.eval.render import DEFAULT_GUIDANCE_SCALE, DEFAULT_DURATION_S, Renderer, RenderSettings
 from housevox.eval.results import eval_table_markdown
 from housevox.lora import load_lora_into, read_lora
 from housevox.report import Run, SavePoint, load_run, run_config
@@ -77,7 +77,8 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
                    help=f"seconds per take (default {DEFAULT_DURATION_S:g}, the segment length)")
     p.add_argument("--steps", type=int, help="sampling steps (default: the LoRA header's num_inference_steps)")
     p.add_argument("--shift", type=float, help="timestep shift (default: the LoRA header's shift)")
-    p.add_argument("--cfg", type=float, default=DEFAULT_CFG, help=f"guidance scale (default {DEFAULT_CFG:g})")
+    p.add_argument("--guidance-scale", "--cfg", dest="guidance_scale", type=float, default=DEFAULT_GUIDANCE_SCALE,
+                   help=f"APG guidance scale, as ACE-Step renders (default {DEFAULT_GUIDANCE_SCALE:g})")
     p.add_argument("--seed", type=int, default=DEFAULT_SEED, help="seed of the first take; take i uses seed + i")
     p.add_argument("--checkpoint-dir", help="base checkpoint (default: the run config's model.checkpoint_dir)")
     p.add_argument("--device", help="torch device (default: cuda if available, else cpu)")
@@ -108,9 +109,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     device = pick_device(args.device)
     ckpt = open_checkpoint(checkpoint_dir)
     clap = load_embedding("clap", None, args.clap_model, device) if args.embedding == "clap" else None  # before any model
-    kit = RenderKit.load(ckpt, device)
+    kit = Renderer.from_checkpoint(ckpt, device)
     embedding = clap or load_embedding("vae", kit.vae)
-    evaluator = Evaluator(embedding, takes, RenderSettings(args.duration, args.steps, args.cfg, args.shift),
+    evaluator = Evaluator(embedding, takes, RenderSettings(args.duration, args.steps, args.guidance_scale, args.shift),
                           segments, train_rows, held_rows)
     dit = load_dit(ckpt, dtype=model_dtype(device), device=device)
     from torch.utils.tensorboard import SummaryWriter

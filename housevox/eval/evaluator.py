@@ -9,7 +9,7 @@ import logging
 from pathlib import Path
 
 from housevox.eval.prompts import EvalTake
-from housevox.eval.render import RenderKit, RenderSettings, render_takes
+from housevox.eval.render import Renderer, RenderSettings, render_takes
 from housevox.eval.results import add_epoch, carry_over, epoch_row, log_scalars, new_document, read_eval, write_eval
 from housevox.eval.score import embed_clips, reference_set, score_renders
 from housevox.errors import HousevoxError
@@ -32,11 +32,11 @@ class Evaluator:
             log.warning("eval: no held-out tracks (data.val_tracks / val_fraction): fad_held_out is not measured")
         self.doc: dict | None = None
 
-    def scores(self, dit, kit: RenderKit, embedding, lora_scale: float) -> dict:
+    def scores(self, dit, kit: Renderer, embedding, lora_scale: float) -> dict:
         clips = render_takes(dit, kit, self.takes, self.settings, lora_scale)
         return score_renders(embedding, embed_clips(embedding, clips), self.takes, self.train, self.held_out)
 
-    def start(self, dit, kit: RenderKit, embedding, run_folder: str | Path) -> dict:
+    def start(self, dit, kit: Renderer, embedding, run_folder: str | Path) -> dict:
         """Score the base (adapters at scale 0) and open the run's document, keeping comparable earlier epochs."""
         settings = {"takes": [t.record() for t in self.takes], "render": self.settings.record(), "lora_scale": 1.0}
         reference = {"train": self.train.record(), "held_out": self.held_out.record() if self.held_out else None}
@@ -44,7 +44,7 @@ class Evaluator:
         self.doc = carry_over(new_document(embedding.record, settings, reference, base), read_eval(run_folder))
         return self.doc
 
-    def score_epoch(self, dit, kit: RenderKit, embedding, run_folder: str | Path, epoch: int, global_step: int,
+    def score_epoch(self, dit, kit: Renderer, embedding, run_folder: str | Path, epoch: int, global_step: int,
                     lora_file: str, writer) -> dict:
         """Render and score `dit` as it is now (the epoch's LoRA loaded), write eval.json and the eval/* scalars."""
         if self.doc is None:

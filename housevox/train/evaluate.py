@@ -17,7 +17,7 @@ from housevox.acestep import open_checkpoint
 from housevox.eval.embed import DEFAULT_CLAP, load_embedding
 from housevox.eval.evaluator import Evaluator
 from housevox.eval.prompts import DEFAULT_SEED, distinct_prompts, plan_takes
-from housevox.eval.render import DEFAULT_CFG, DEFAULT_DURATION_S, RenderKit, RenderSettings
+from housevox.eval.render import DEFAULT_GUIDANCE_SCALE, DEFAULT_DURATION_S, Renderer, RenderSettings
 from housevox.train.callbacks import export_file, run_dir
 
 log = logging.getLogger("housevox")
@@ -47,7 +47,7 @@ class ExportEval(L.Callback):
         if hp.eval_every_n_epochs <= 0 or epoch % hp.eval_every_n_epochs:
             return
         device = next(pl_module.dit.parameters()).device
-        kit = RenderKit.load(open_checkpoint(hp.checkpoint_dir), device)
+        kit = Renderer.from_checkpoint(open_checkpoint(hp.checkpoint_dir), device)
         embedding = load_embedding(hp.eval_embedding, kit.vae, DEFAULT_CLAP, device)
         try:
             if self.evaluator is None:
@@ -68,7 +68,7 @@ class ExportEval(L.Callback):
         train, held_out = data.train_set.entries, data.val_set.entries
         takes = plan_takes(distinct_prompts(train, "train"), distinct_prompts(held_out, "held_out"), hp.eval_takes,
                            DEFAULT_SEED)
-        settings = RenderSettings(DEFAULT_DURATION_S, hp.num_inference_steps, DEFAULT_CFG, hp.shift)
+        settings = RenderSettings(DEFAULT_DURATION_S, hp.num_inference_steps, DEFAULT_GUIDANCE_SCALE, hp.shift)
         return Evaluator(embedding, takes, settings, data.segments_dir, train, held_out)
 
 
