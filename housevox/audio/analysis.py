@@ -21,6 +21,8 @@ nothing else came close.
 from dataclasses import asdict, dataclass
 
 import librosa
+import librosa.feature  # librosa imports its parts on first use: here instead, so forked prep workers inherit them
+import librosa.onset
 import numpy as np
 
 ANALYSIS_VERSION = 1  # bump when a measured value can change for the same audio
