@@ -99,7 +99,8 @@ def synthesize_track(rng: np.random.Generator, duration_s: float, sample_rate: i
 
     noise = np.diff(rng.standard_normal((2, n + 1), dtype=np.float32), axis=1)  # differenced: bright, hat-like
     hats = noise * _decay(t_eighth, np.where(offbeat, 18.0, 60.0)) * np.where(offbeat, 0.5, 0.25).astype(np.float32)
-    clap = noise[1] * _decay(t_beat, 22.0) * np.isin(beat_in_bar, BACKBEATS[groove.beats_per_bar])
+    # Claps: the hat noise with its top octave taken off (a 2-tap sum), so no burst sits at Nyquist.
+    clap = (noise[1] + np.roll(noise[1], 1)) * _decay(t_beat, 22.0) * np.isin(beat_in_bar, BACKBEATS[groove.beats_per_bar])
 
     # Chord root two octaves down: held from each downbeat, then pumping on the off-beats.
     bass_phase = _phase(chord_hz[chord_of_bar, 0] / 4, sample_rate)
@@ -129,7 +130,7 @@ def synthesize_track(rng: np.random.Generator, duration_s: float, sample_rate: i
         vocal += np.sin(k * f0_phase) * harmonic_gain[beat_idx, k - 1]
     vocal *= groove.sung_bars(bar[-1] + 1)[bar] * np.minimum(1.0, t_beat / 0.03) * _decay(np.maximum(t_beat - 0.35, 0), 8.0)
 
-    mono = 0.9 * kick + 0.5 * bass + 0.08 * piano + 0.12 * vocal + 0.15 * clap
+    mono = 0.9 * kick + 0.5 * bass + 0.08 * piano + 0.12 * vocal + 0.1 * clap
     stereo = np.stack([mono + 0.04 * piano, mono + 0.04 * np.roll(piano, int(0.012 * sample_rate))]) + 0.05 * hats
     mastered = np.tanh(1.2 * stereo / np.abs(stereo).max())  # soft saturation: a club master's crest factor
     level = rng.uniform(0.3, 0.8)  # tracks arrive at different levels, as real ones do
