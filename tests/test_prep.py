@@ -356,3 +356,10 @@ def test_timed_lyrics_per_segment_malformed_lrc_kept_untimed_and_no_analyze(tmp_
     # --no-analyze: nothing measured; the given bpm still wins.
     assert (broken[0]["bpm"], broken[0]["key"], broken[0]["metas_source"]["key"]) == (124, None, {"source": "missing"})
     assert report["analysis"] is False and "124 given" in captured.out and "N/A" in captured.out
+    # An edited .lrc re-slices the lyrics on the next run without rewriting any audio.
+    mtimes = {p.name: p.stat().st_mtime_ns for p in out.glob("*.wav")}
+    (src / "timed.lrc").write_text("[chorus]\n[00:05.00] now in the first window\n[00:09.00]\n")
+    assert run_cli(prep.main, ["--input", str(src), "--output", str(out), "--workers", "1", "--no-analyze"]) == 0
+    rows = [json.loads(line) for line in (out / "manifest.jsonl").read_text().splitlines()]
+    assert [r["lyrics"] for r in rows if r["track"] == "timed"] == ["[chorus]\nnow in the first window"] + ["[Instrumental]"] * 2
+    assert {p.name: p.stat().st_mtime_ns for p in out.glob("*.wav")} == mtimes
