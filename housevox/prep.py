@@ -47,7 +47,6 @@ UNSUPPORTED_SUFFIXES = {".m4a", ".aac", ".mp4", ".wma", ".alac", ".ape", ".wv", 
 CAPTION_FIELDS = ("caption", "lyrics", "bpm", "key", "timesignature", "language")
 METAS = ("bpm", "key", "timesignature")
 OVERRIDE_HINT = 'override a value in the track\'s <stem>.json sidecar, e.g. {"bpm": 124, "key": "F# minor", "timesignature": "4"}'
-
 DONE_DIR = ".prep-done"
 
 
