@@ -132,7 +132,7 @@ def synthesize_track(rng: np.random.Generator, duration_s: float, sample_rate: i
 
     mono = 0.9 * kick + 0.5 * bass + 0.08 * piano + 0.12 * vocal + 0.1 * clap
     stereo = np.stack([mono + 0.04 * piano, mono + 0.04 * np.roll(piano, int(0.012 * sample_rate))]) + 0.05 * hats
-    mastered = np.tanh(1.2 * stereo / np.abs(stereo).max())  # soft saturation: a club master's crest factor
+    mastered = np.tanh(2.5 * stereo / np.abs(stereo).max())  # soft saturation: a club master's crest factor
     level = rng.uniform(0.3, 0.8)  # tracks arrive at different levels, as real ones do
     return (mastered * (level / np.abs(mastered).max())).astype(np.float32)
 
