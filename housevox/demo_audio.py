@@ -1,29 +1,58 @@
-"""Synthetic house tracks with sidecar captions: realistic prep/demo input without any download.
+"""Synthetic grooves of known tempo, key and metre with timed lyrics: realistic prep/demo input without any download.
 
 `python -m housevox.demo_audio OUT [--tracks 3] [--seed 0] [--sample-rate 44100]` writes
-`<OUT>/<name>.wav` (24-bit) and `<OUT>/<name>.json` (caption, lyrics, bpm, key, ...).
+`<OUT>/<name>.wav` (24-bit), `<OUT>/<name>.lrc` (lyrics timed to where the voice sings) and
+`<OUT>/<name>.json` (caption and language only, so prep measures tempo, key and time signature;
+the values the audio was made with are kept under `"synthesised"`, which prep does not read).
 Everything is vectorised numpy and deterministic from the seed.
 """
 
 import argparse
 import sys
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
-from housevox.atomic import write_json
+from housevox.atomic import write_json, write_text
+from housevox.audio.analysis import keyscale_name
 from housevox.audio.io import quantize_pcm24, write_pcm24
 from housevox.errors import run_cli
 
 BPM = 122
-KEYS = {"A minor": 57, "C minor": 60, "D minor": 62, "F minor": 53, "G minor": 55}  # MIDI note of the tonic
-# i - VI - III - VII in a natural minor key, as semitone offsets of each chord's triad from the tonic.
-PROGRESSION = [(0, 3, 7), (-4, 0, 3), (3, 7, 10), (-2, 2, 5)]
-MINOR_SCALE = np.array([0, 2, 3, 5, 7, 8, 10, 12])
+# Scale degrees and a four-bar progression per mode, as semitone offsets from the tonic; both progressions
+# start on and keep returning to the tonic chord, so the key is the one a listener hears.
+SCALES = {"minor": np.array([0, 2, 3, 5, 7, 8, 10, 12]), "major": np.array([0, 2, 4, 5, 7, 9, 11, 12])}
+PROGRESSIONS = {
+    "minor": [(0, 3, 7), (-4, 0, 3), (-7, -4, 0), (-5, -2, 2)],  # i - VI - iv - v
+    "major": [(0, 4, 7), (-5, -1, 2), (-3, 0, 4), (-7, -3, 0)],  # I - V - vi - IV
+}
+BACKBEATS = {4: (1, 3), 3: (1, 2)}  # claps on 2 and 4, or on 2 and 3 of a waltz bar
 # Formant centre frequencies (Hz) of sung vowels a, e, i, o, u.
 VOWEL_FORMANTS = np.array([[800, 1200, 2500], [400, 2000, 2600], [300, 2300, 3000], [500, 900, 2400], [350, 700, 2400]])
 LYRIC_WORDS = ["night", "light", "feel", "move", "higher", "soul", "fire", "love", "deep", "rhythm", "closer", "free"]
+INTRO_BARS = 16  # the demo's voice comes in after an instrumental intro (~31 s), so its first segment is instrumental
+
+
+@dataclass(frozen=True)
+class Groove:
+    """What a synthesised track is made of: the ground truth for prep's measured metas."""
+
+    bpm: float = BPM
+    tonic: int = 57  # MIDI note
+    mode: str = "minor"
+    beats_per_bar: int = 4
+    vocal_from_bar: int = 0
+
+    @property
+    def keyscale(self) -> str:
+        return keyscale_name(self.tonic % 12, self.mode)
+
+    def sung_bars(self, n_bars: int) -> np.ndarray:
+        """Whether the voice sings in each bar: the second half of every 8 bars, from vocal_from_bar on."""
+        bar = np.arange(n_bars)
+        return (bar >= self.vocal_from_bar) & ((bar % 8) >= 4)
 
 
 def midi_hz(note):
@@ -43,28 +72,40 @@ def _decay(t_since_hit: np.ndarray, rate) -> np.ndarray:
     return np.exp(-np.asarray(rate, dtype=np.float32) * t_since_hit)
 
 
-def synthesize_track(rng: np.random.Generator, duration_s: float, sample_rate: int, tonic: int) -> np.ndarray:
-    """One stereo house groove [2, samples]: kick, hats, bassline, piano stabs and a sung vowel line."""
+def synthesize_track(rng: np.random.Generator, duration_s: float, sample_rate: int, tonic: int | None = None,
+                     groove: Groove | None = None) -> np.ndarray:
+    """One stereo groove [2, samples]: kick, claps, hats, bassline, piano stabs and a sung vowel line.
+
+    `groove` sets tempo, key, metre and where the voice sings (default: 122 bpm house in 4/4, minor
+    key); `tonic` is a shortcut for a default groove on that MIDI note.
+    """
+    groove = groove or Groove(tonic=57 if tonic is None else tonic)
     n = int(duration_s * sample_rate)
-    beat_s = 60.0 / BPM
+    beat_s = 60.0 / groove.bpm
     beat = np.arange(n) / (sample_rate * beat_s)
     beat_idx = beat.astype(int)
     t_beat = ((beat % 1.0) * beat_s).astype(np.float32)  # seconds since the last beat
     t_eighth = ((beat * 2 % 1.0) * beat_s / 2).astype(np.float32)
     offbeat = (beat * 2 % 2.0) >= 1.0
-    bar = beat_idx // 4
-    chord_of_bar = bar % len(PROGRESSION)
-    chord_hz = midi_hz(tonic + np.array(PROGRESSION))  # [chords, 3]
-    vocal_on = (bar % 8) >= 4  # the singer comes in for the second half of every 8 bars
+    bar, beat_in_bar = np.divmod(beat_idx, groove.beats_per_bar)
+    progression = PROGRESSIONS[groove.mode]
+    chord_of_bar = bar % len(progression)
+    chord_hz = midi_hz(groove.tonic + np.array(progression))  # [chords, 3]
+    downbeat = beat_in_bar == 0
 
-    # Four-on-the-floor kick: a sine sweeping 150 -> 50 Hz at every beat.
+    # A kick on every beat (a sine sweeping 150 -> 50 Hz), the bar's first one a little harder.
     kick = np.sin(2 * np.pi * (50 * t_beat + 5.0 * (1 - np.exp(-20 * t_beat)))) * _decay(t_beat, 7.0)
+    kick *= np.where(downbeat, 1.0, 0.85).astype(np.float32)
 
     noise = np.diff(rng.standard_normal((2, n + 1), dtype=np.float32), axis=1)  # differenced: bright, hat-like
     hats = noise * _decay(t_eighth, np.where(offbeat, 18.0, 60.0)) * np.where(offbeat, 0.5, 0.25).astype(np.float32)
+    # Claps: the hat noise with its top octave taken off (a 2-tap sum), so no burst sits at Nyquist.
+    clap = (noise[1] + np.roll(noise[1], 1)) * _decay(t_beat, 22.0) * np.isin(beat_in_bar, BACKBEATS[groove.beats_per_bar])
 
-    bass_phase = _phase(chord_hz[chord_of_bar, 0] / 4, sample_rate)  # chord root, two octaves down
-    bass = (np.sin(bass_phase) + 0.3 * np.sin(2 * bass_phase)) * (offbeat * _decay(t_eighth, 6.0))
+    # Chord root two octaves down: held from each downbeat, then pumping on the off-beats.
+    bass_phase = _phase(chord_hz[chord_of_bar, 0] / 4, sample_rate)
+    bass_env = offbeat * _decay(t_eighth, 6.0) + (downbeat & ~offbeat) * _decay(t_beat, 4.0)
+    bass = (np.sin(bass_phase) + 0.3 * np.sin(2 * bass_phase)) * bass_env
 
     piano = np.zeros(n, dtype=np.float32)
     stab_t = np.where(offbeat, t_eighth, np.float32(10.0))  # stabs on the off-beats, silent elsewhere
@@ -74,9 +115,10 @@ def synthesize_track(rng: np.random.Generator, duration_s: float, sample_rate: i
         piano += partial * (_decay(stab_t, 3.0 + 2.0 * k) / k**1.5)
 
     # Sung line: one scale note and vowel per beat, 5.5 Hz vibrato of +-0.3 semitone.
-    note_of_beat = rng.integers(0, len(MINOR_SCALE), size=beat_idx[-1] + 1)
+    scale = SCALES[groove.mode]
+    note_of_beat = rng.integers(0, len(scale), size=beat_idx[-1] + 1)
     vowel_of_beat = rng.integers(0, len(VOWEL_FORMANTS), size=note_of_beat.size)
-    note_f0 = midi_hz(tonic + MINOR_SCALE[note_of_beat])
+    note_f0 = midi_hz(groove.tonic + scale[note_of_beat])
     vibrato = np.sin(_phase(np.full(n, 5.5), sample_rate))
     f0_phase = _phase(note_f0[beat_idx] * 2.0 ** (0.3 / 12 * vibrato), sample_rate)
     # Source-filter voice: harmonic k of each beat's note is loud when it sits near a formant of its vowel.
@@ -86,19 +128,42 @@ def synthesize_track(rng: np.random.Generator, duration_s: float, sample_rate: i
     vocal = np.zeros(n, dtype=np.float32)
     for k in range(1, harmonics.size + 1):
         vocal += np.sin(k * f0_phase) * harmonic_gain[beat_idx, k - 1]
-    vocal *= vocal_on * np.minimum(1.0, t_beat / 0.03) * _decay(np.maximum(t_beat - 0.35, 0), 8.0)
+    vocal *= groove.sung_bars(bar[-1] + 1)[bar] * np.minimum(1.0, t_beat / 0.03) * _decay(np.maximum(t_beat - 0.35, 0), 8.0)
 
-    mono = 0.9 * kick + 0.5 * bass + 0.08 * piano + 0.12 * vocal
+    mono = 0.9 * kick + 0.5 * bass + 0.08 * piano + 0.12 * vocal + 0.1 * clap
     stereo = np.stack([mono + 0.04 * piano, mono + 0.04 * np.roll(piano, int(0.012 * sample_rate))]) + 0.05 * hats
-    mastered = np.tanh(1.2 * stereo / np.abs(stereo).max())  # soft saturation: a club master's crest factor
+    mastered = np.tanh(2.5 * stereo / np.abs(stereo).max())  # soft saturation: a club master's crest factor
     level = rng.uniform(0.3, 0.8)  # tracks arrive at different levels, as real ones do
     return (mastered * (level / np.abs(mastered).max())).astype(np.float32)
 
 
-def _lyrics(rng: np.random.Generator) -> str:
-    lines = [" ".join(rng.choice(LYRIC_WORDS, size=4)) for _ in range(4)]
+def _timestamp(seconds: float) -> str:
+    minutes, rest = divmod(round(seconds * 100), 6000)
+    return f"[{minutes:02d}:{rest // 100:02d}.{rest % 100:02d}]"
+
+
+def lrc_lyrics(rng: np.random.Generator, groove: Groove, duration_s: float) -> str:
+    """An .lrc timed to the synthesised voice: a line per two sung bars, verse and chorus taking turns,
+    and an empty timed line where each phrase ends."""
+    bar_s = groove.beats_per_bar * 60.0 / groove.bpm
+    sung = groove.sung_bars(int(duration_s / bar_s))
+    starts = [b for b in range(sung.size) if sung[b] and not (b and sung[b - 1])]
     chorus = " ".join(rng.choice(LYRIC_WORDS, size=3))
-    return "[verse]\n" + "\n".join(lines) + f"\n\n[chorus]\n{chorus}\n{chorus}\n"
+    out = []
+    for phrase, first in enumerate(starts):
+        out.append("[chorus]" if phrase % 2 else "[verse]")
+        for bar in range(first, min(first + 4, sung.size), 2):
+            words = chorus if phrase % 2 else " ".join(rng.choice(LYRIC_WORDS, size=4))
+            out.append(f"{_timestamp(bar * bar_s)} {words}")
+        out.append(_timestamp(min(first + 4, sung.size) * bar_s))
+    return "\n".join(out) + "\n"
+
+
+def demo_groove(rng: np.random.Generator) -> Groove:
+    """A house groove: 118-128 bpm in 4/4, any of the 24 keys, the voice after the intro."""
+    pitch_class = int(rng.integers(12))
+    return Groove(bpm=float(rng.integers(118, 129)), tonic=53 + (pitch_class - 5) % 12,
+                  mode=str(rng.choice(list(PROGRESSIONS))), vocal_from_bar=INTRO_BARS)
 
 
 def synthesize_demo_tracks(
@@ -109,24 +174,22 @@ def synthesize_demo_tracks(
     sample_rate: int = 44100,
     container: str = "WAV",
 ) -> list[Path]:
-    """Write n_tracks 24-bit tracks (60-90 s unless duration_s is given) with JSON sidecars; return their paths."""
+    """Write n_tracks 24-bit tracks (60-90 s unless duration_s is given) with .lrc and JSON sidecars; return their paths."""
     out_dir = Path(out_dir)
     paths = []
     for i in range(n_tracks):
         rng = np.random.default_rng([seed, i])
-        key = sorted(KEYS)[rng.integers(len(KEYS))]
+        groove = demo_groove(rng)
         duration = duration_s if duration_s is not None else float(rng.uniform(60.0, 90.0))
-        audio = synthesize_track(rng, duration, sample_rate, KEYS[key])
+        audio = synthesize_track(rng, duration, sample_rate, groove=groove)
         name = f"housevox_demo_{seed}_{i:02d}"
         path = out_dir / f"{name}.{container.lower()}"
         write_pcm24(path, quantize_pcm24(audio), sample_rate, container=container)
+        write_text(out_dir / f"{name}.lrc", lrc_lyrics(rng, groove, duration))
         write_json(out_dir / f"{name}.json", {
-            "caption": f"house music style, soulful vocal performance, driving groove, vocal track singing, {BPM} bpm",
-            "lyrics": _lyrics(rng),
-            "bpm": BPM,
-            "key": key,
-            "timesignature": "4",
+            "caption": "house music style, soulful vocal performance, driving groove, vocal track singing",
             "language": "en",
+            "synthesised": {"bpm": groove.bpm, "key": groove.keyscale, "timesignature": str(groove.beats_per_bar)},
         })
         paths.append(path)
     return paths

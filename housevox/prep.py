@@ -1,7 +1,8 @@
 """Audio preprocessing: source tracks -> 30 s zero-crossing segments at -11 LUFS, 24-bit 44.1 kHz WAV.
 
 `python -m housevox.prep --input tracks/ --output data/segments` writes `<track>_<nnn>.wav`,
-`manifest.jsonl` (one row per segment, captions from sidecars) and `report.json`.
+`manifest.jsonl` (one row per segment: captions from sidecars, the lyrics sung in that segment from
+`<stem>.lrc`, tempo/key/time signature given or measured) and `report.json`.
 Each track is finished with a done-marker keyed by its content hash and the settings, so a
 re-run skips finished tracks and a killed run completes; every file is written temp + rename.
 """
@@ -25,6 +26,7 @@ import torch
 from tqdm import tqdm
 
 from housevox.atomic import write_json, write_text
+from housevox.audio import analysis
 from housevox.audio.channels import downmix_to_stereo, mono_mix
 from housevox.audio.io import load_audio, quantize_pcm24, write_pcm24
 from housevox.audio.loudness import capped_gain_db, db_to_amplitude, integrated_lufs, true_peak_dbtp
@@ -32,6 +34,7 @@ from housevox.audio.resample import resample
 from housevox.audio.slicing import plan_segments
 from housevox.errors import HousevoxError, UsageError, run_cli
 from housevox.jsonfile import read_json_object
+from housevox.lyrics import LrcError, parse_lrc, plain_lyrics, window_lyrics
 
 PREP_VERSION = 1  # bump when the audio written for the same input and settings changes
 SAMPLE_RATE = 44100
@@ -43,20 +46,24 @@ AUDIO_SUFFIXES = {".wav", ".wave", ".flac", ".ogg", ".oga", ".opus", ".mp3", ".a
 # fix, instead of the track silently missing from the dataset.
 UNSUPPORTED_SUFFIXES = {".m4a", ".aac", ".mp4", ".wma", ".alac", ".ape", ".wv", ".caf"}
 CAPTION_FIELDS = ("caption", "lyrics", "bpm", "key", "timesignature", "language")
+METAS = ("bpm", "key", "timesignature")
+OVERRIDE_HINT = 'override a value in the track\'s <stem>.json sidecar, e.g. {"bpm": 124, "key": "F# minor", "timesignature": "4"}'
 DONE_DIR = ".prep-done"
 
 
 @dataclass(frozen=True)
 class Settings:
-    """Everything that changes the written audio: part of each track's done-marker key."""
+    """Everything that changes a track's result (written audio, measured metas): part of its done-marker key."""
 
     target_lufs: float = -11.0
     true_peak_ceiling: float = -1.0
     stereo: bool = False
     keep_short: bool = False
+    analyze: bool = True
 
     def track_key(self, track: str, source: str, source_sha256: str) -> str:
-        fixed = dict(version=PREP_VERSION, sample_rate=SAMPLE_RATE, segment_s=SEGMENT_S, overlap_s=OVERLAP_S, search_s=SEARCH_S)
+        fixed = dict(version=PREP_VERSION, sample_rate=SAMPLE_RATE, segment_s=SEGMENT_S, overlap_s=OVERLAP_S, search_s=SEARCH_S,
+                     analysis_version=analysis.ANALYSIS_VERSION if self.analyze else None)
         blob = json.dumps([track, source, source_sha256, asdict(self), fixed], sort_keys=True)
         return hashlib.sha256(blob.encode()).hexdigest()
 
@@ -116,12 +123,26 @@ def assign_track_ids(sources: Sequence[Path]) -> dict[Path, str]:
 
 
 def read_captions(source: Path, default_caption: str | None) -> dict:
-    """Caption fields from `<stem>.json`, else `<stem>.txt` / `<stem>.lyrics.txt`, else --caption; None when absent."""
-    fields = dict.fromkeys(CAPTION_FIELDS)
+    """Caption fields from `<stem>.json`, else `<stem>.txt` / `<stem>.lyrics.txt`, else --caption; None when absent.
+
+    Timed lyrics come from the sidecar's `lyrics_lrc` text, else `<stem>.lrc`: `lrc` holds the text and
+    `lrc_origin` what names it in a warning. A sidecar `keyscale` (ACE-Step's name) stands in for `key`.
+    """
+    fields = dict.fromkeys(CAPTION_FIELDS) | {"lrc": None, "lrc_origin": None}
     sidecar = source.with_suffix(".json")
     if sidecar.is_file():
         data = read_json_object(sidecar, "caption sidecar")
         fields.update({k: data[k] for k in CAPTION_FIELDS if k in data})
+        if fields["key"] is None and data.get("keyscale") is not None:
+            fields["key"] = data["keyscale"]
+        if isinstance(data.get("lyrics_lrc"), str):
+            fields["lrc"], fields["lrc_origin"] = data["lyrics_lrc"], f"{sidecar.name} lyrics_lrc"
+    lrc = source.with_suffix(".lrc")
+    if fields["lrc"] is None and lrc.is_file():
+        try:
+            fields["lrc"], fields["lrc_origin"] = lrc.read_text(encoding="utf-8-sig"), lrc.name
+        except (OSError, UnicodeDecodeError) as exc:
+            raise HousevoxError(f"{lrc}: unreadable lyrics ({exc})") from None
     for field, path in (("caption", source.with_suffix(".txt")), ("lyrics", source.with_name(source.stem + ".lyrics.txt"))):
         if fields[field] is None and path.is_file():
             fields[field] = path.read_text(encoding="utf-8").strip()
@@ -181,7 +202,8 @@ def _segment_track(job: Job, sha: str) -> dict:
         audio = np.repeat(audio, 2, axis=0)
     audio = resample(audio, source_sr, SAMPLE_RATE)
     duration_s = audio.shape[1] / SAMPLE_RATE
-    plan = plan_segments(mono_mix(audio), SAMPLE_RATE, SEGMENT_S, OVERLAP_S, SEARCH_S, settings.keep_short)
+    mix = mono_mix(audio)
+    plan = plan_segments(mix, SAMPLE_RATE, SEGMENT_S, OVERLAP_S, SEARCH_S, settings.keep_short)
     out = {"status": "ok", "source_sha256": sha, "duration_s": round(duration_s, 6), "warnings": warnings,
            "rows": [], "skipped_segments": []}
     if not plan:
@@ -212,7 +234,56 @@ def _segment_track(job: Job, sha: str) -> dict:
         })
     if not out["rows"]:
         return out | {"status": "skipped", "reason": "silent: no segment above the BS.1770 absolute gate (-70 LUFS)"}
+    if settings.analyze:
+        metas = analysis.analyze(mix, SAMPLE_RATE)
+        out["analysis"] = None if metas is None else metas.as_dict()
     return out
+
+
+def segment_lyrics(rows: list[dict], captions: dict, duration_s: float) -> tuple[list[str | None], str | None, list[str]]:
+    """(lyrics per row, "lrc" or "untimed" or None, warnings): each segment's own lines when the lyrics are
+    timed; a malformed LRC line is reported by file and line and the track keeps its lyrics untimed."""
+    warnings, untimed = [], captions["lyrics"]
+    if captions["lrc"] is not None:
+        try:
+            lines = parse_lrc(captions["lrc"], duration_s)
+        except LrcError as exc:
+            warnings.append(f"{captions['lrc_origin']} {exc}; the lyrics are used untimed")
+            untimed = untimed or plain_lyrics(captions["lrc"]) or None
+        else:
+            windows = [(row["start_sample"] / SAMPLE_RATE, row["end_sample"] / SAMPLE_RATE) for row in rows]
+            return window_lyrics(lines, windows), "lrc", warnings
+    if untimed and len(rows) > 1:
+        warnings.append(f"untimed lyrics: each of the {len(rows)} segments gets the whole text"
+                        " (a <stem>.lrc gives each segment the lines sung in it)")
+    return [untimed] * len(rows), "untimed" if untimed else None, warnings
+
+
+def track_metas(captions: dict, measured: dict | None) -> dict:
+    """bpm / key / timesignature: the sidecar's value when it gives one, else the measured one (bpm rounded)."""
+    metas = {}
+    for field in METAS:
+        given, found = captions[field], (measured or {}).get(field)
+        if given is not None and str(given).strip():
+            metas[field] = {"value": given, "source": "given"}
+        elif found is not None:
+            value = round(found["value"]) if field == "bpm" else found["value"]
+            metas[field] = {"value": value, "source": "measured", "confidence": found["confidence"]}
+        else:
+            metas[field] = {"value": None, "source": "missing"}
+    return metas
+
+
+def manifest_rows(result: dict, captions: dict) -> list[dict]:
+    """A finished track's rows with their conditions; adds its lyric warnings and `metas` to `result`."""
+    rows = sorted(result["rows"], key=lambda row: row["segment_index"])
+    lyrics, lyrics_source, warnings = segment_lyrics(rows, captions, result["duration_s"])
+    result["warnings"] = result["warnings"] + warnings
+    result["metas"] = track_metas(captions, result.get("analysis"))
+    fields = {k: captions[k] for k in CAPTION_FIELDS} | {k: m["value"] for k, m in result["metas"].items()}
+    sources = {k: {n: v for n, v in m.items() if n != "value"} for k, m in result["metas"].items()}
+    return [row | fields | {"lyrics": text, "lyrics_source": lyrics_source, "metas_source": sources}
+            for row, text in zip(rows, lyrics)]
 
 
 def _remove_stale_segments(output: Path, track: str, keep: set[str]) -> None:
@@ -261,6 +332,7 @@ def build_report(results: list[dict], rows: list[dict], settings: Settings) -> d
     """QC summary: counts, reasons, loudness spread and the format; no timestamps, so re-runs match."""
     tracks = [{k: r.get(k) for k in ("track", "source", "status", "reason", "duration_s", "warnings", "skipped_segments")}
               | {"segments": len(r["rows"])} for r in results]
+    metas = [{"track": r["track"], **r["metas"]} for r in results if r.get("metas")]
     return {
         "format": {"container": "WAV", "subtype": "PCM_24", "sample_rate": SAMPLE_RATE},
         "target_lufs": settings.target_lufs,
@@ -281,6 +353,9 @@ def build_report(results: list[dict], rows: list[dict], settings: Settings) -> d
         "skipped": [{"source": r["source"], "reason": r["reason"]} for r in results if r["status"] == "skipped"],
         "failed": [{"source": r["source"], "reason": r["reason"]} for r in results if r["status"] == "failed"],
         "tracks": tracks,
+        "analysis": settings.analyze,
+        "metas": metas,
+        "metas_hint": OVERRIDE_HINT,
     }
 
 
@@ -295,7 +370,23 @@ def _print_summary(report: dict, output: Path, reused: int) -> None:
               f" {c['segments_skipped']} silent segments skipped")
     for entry in report["skipped"] + report["failed"]:
         print(f"  {entry['source']}: {entry['reason']}")
+    if report["metas"]:
+        print("metas (given wins; measured with a confidence 0-1, low = worth a listen):")
+        print(metas_table(report["metas"]))
+        print(f"  {report['metas_hint']}")
     print(f"report: {output / 'report.json'}")
+
+
+def metas_table(metas: list[dict]) -> str:
+    """The per-track bpm / key / time signature table of the printed summary."""
+    def cell(meta: dict) -> str:
+        if meta["source"] == "missing":
+            return "N/A"
+        return f"{meta['value']} {meta['source']}" + (f" {meta['confidence']:.2f}" if "confidence" in meta else "")
+
+    table = [["track", "bpm", "key", "time signature"]] + [[m["track"], *(cell(m[f]) for f in METAS)] for m in metas]
+    widths = [max(len(row[i]) for row in table) for i in range(4)]
+    return "\n".join("  " + "  ".join(c.ljust(w) for c, w in zip(row, widths)).rstrip() for row in table)
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
@@ -309,6 +400,8 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p.add_argument("--keep-short", action="store_true", help=f"keep tracks shorter than {SEGMENT_S:g} s as one segment")
     p.add_argument("--caption", help="caption for tracks without a sidecar")
     p.add_argument("--strict", action="store_true", help="exit non-zero if any track failed or was skipped")
+    p.add_argument("--no-analyze", dest="analyze", action="store_false",
+                   help="do not measure tempo, key and time signature (values not in a sidecar stay N/A)")
     args = p.parse_args(argv)
     if args.workers < 1:
         raise UsageError("--workers must be at least 1")
@@ -321,7 +414,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
     sources = collect_inputs(args.input, args.output)
     track_ids = assign_track_ids(sources)
-    settings = Settings(args.target_lufs, args.true_peak_ceiling, args.stereo, args.keep_short)
+    settings = Settings(args.target_lufs, args.true_peak_ceiling, args.stereo, args.keep_short, args.analyze)
     captions, results, jobs = {}, [], []
     for source in sources:
         try:
@@ -337,7 +430,13 @@ def main(argv: Sequence[str] | None = None) -> int:
             results.append(result)
             bar.update()
     results.sort(key=lambda r: r["source"])
-    rows = [row | captions[row["source"]] for r in results for row in sorted(r["rows"], key=lambda x: x["segment_index"])]
+    rows = []
+    for result in results:
+        if result["rows"]:
+            before = len(result["warnings"])
+            rows += manifest_rows(result, captions[result["source"]])
+            for warning in result["warnings"][before:]:
+                print(f"warning: {result['source']}: {warning}", file=sys.stderr)
     write_text(args.output / "manifest.jsonl", "".join(json.dumps(row, sort_keys=True, ensure_ascii=False) + "\n" for row in rows))
     report = build_report(results, rows, settings)
     write_json(args.output / "report.json", report)

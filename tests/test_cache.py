@@ -105,6 +105,20 @@ def test_editing_one_caption_rebuilds_only_that_track(built, tiny_checkpoint, tm
     assert not entry_path(seg / "cache", old["b_000.wav"]).exists()  # the stale entry is pruned
 
 
+def test_one_segments_new_lyrics_and_another_tracks_measured_bpm_rebuild_only_those(built, tiny_checkpoint, tmp_path):
+    """What an edited .lrc (one window's lines) or a re-measured tempo changes in the manifest rebuilds those entries only."""
+    seg = _copy(built, tmp_path)
+    old = {r["file"]: r["key"] for r in read_index(seg / "cache")}
+    edited = {"a_001.wav": {"lyrics": "[chorus]\na new line"}, "b_000.wav": {"bpm": 124}}
+    write_manifest(seg, [r | edited.get(r["file"], {}) for r in read_manifest(seg)])
+    report = build_cache(seg, tiny_checkpoint, seg / "cache", default_caption="house")
+    new = {r["file"]: r for r in read_index(seg / "cache")}
+    assert (report.built, report.reused) == (2, 1)
+    assert new["a_000.wav"]["key"] == old["a_000.wav"]
+    assert new["a_001.wav"]["key"] != old["a_001.wav"] and new["a_001.wav"]["lyrics"] == "[chorus]\na new line"
+    assert new["b_000.wav"]["key"] != old["b_000.wav"] and new["b_000.wav"]["bpm"] == 124
+
+
 def test_truncated_entry_is_detected_and_rebuilt_identically(built, tiny_checkpoint, tmp_path):
     seg = _copy(built, tmp_path)
     key = read_index(seg / "cache")[0]["key"]

@@ -7,6 +7,7 @@ import numpy as np
 import soundfile as sf
 
 from housevox import demo_audio
+from housevox.lyrics import parse_lrc
 
 
 def test_demo_tracks_are_deterministic_with_caption_sidecars(tmp_path):
@@ -24,8 +25,21 @@ def test_demo_tracks_are_deterministic_with_caption_sidecars(tmp_path):
         audio, _ = sf.read(path)
         assert 0.2 < np.abs(audio).max() < 1.0 and np.abs(audio.mean()) < 0.01
         sidecar = json.loads(path.with_suffix(".json").read_text())
-        assert sidecar["bpm"] == 122 and sidecar["timesignature"] == "4" and sidecar["language"] == "en"
-        assert "122 bpm" in sidecar["caption"] and sidecar["key"] in demo_audio.KEYS and sidecar["lyrics"]
+        # No typed metas or lyrics: prep measures tempo, key and metre and slices the .lrc.
+        assert set(sidecar) == {"caption", "language", "synthesised"} and sidecar["language"] == "en"
+        truth = sidecar["synthesised"]
+        assert 118 <= truth["bpm"] <= 128 and truth["timesignature"] == "4" and truth["key"].split()[1] in ("major", "minor")
+        lines = parse_lrc(path.with_suffix(".lrc").read_text(), duration_s=10.0)
+        assert lines == []  # 10 s is all instrumental intro
+
+
+def test_lrc_is_timed_to_the_bars_the_voice_sings_in():
+    groove = demo_audio.Groove(bpm=120.0, vocal_from_bar=16)  # 2 s bars
+    lines = parse_lrc(demo_audio.lrc_lyrics(np.random.default_rng(0), groove, 90.0), duration_s=90.0)
+    sung = groove.sung_bars(45)
+    assert [line.start_s for line in lines] == [40.0, 44.0, 56.0, 60.0, 72.0, 76.0, 88.0]
+    assert all(sung[int(line.start_s // 2)] and sung[int((line.end_s - 0.01) // 2)] for line in lines)
+    assert [line.section for line in lines[::2]] == ["[verse]", "[chorus]", "[verse]", "[chorus]"]
 
 
 def test_kick_lands_on_every_beat_at_122_bpm():
@@ -41,4 +55,4 @@ def test_cli_writes_the_requested_tracks(tmp_path, capsys):
     assert demo_audio.main([str(tmp_path), "--tracks", "1", "--seed", "3", "--sample-rate", "22050", "--duration", "5"]) == 0
     [wav] = sorted(tmp_path.glob("*.wav"))
     assert sf.info(wav).samplerate == 22050 and capsys.readouterr().out.strip() == str(wav)
-    assert wav.with_suffix(".json").is_file()
+    assert wav.with_suffix(".json").is_file() and wav.with_suffix(".lrc").is_file()

@@ -24,6 +24,7 @@ MANIFEST_KEYS = {
     "file", "track", "source", "source_sha256", "segment_index", "start_sample", "end_sample", "start_s", "end_s",
     "sample_rate", "channels", "lufs_in", "gain_db", "lufs_out", "true_peak_dbtp", "capped",
     "zero_crossing_start", "zero_crossing_end", "caption", "lyrics", "bpm", "key", "timesignature", "language",
+    "lyrics_source", "metas_source",
 }
 
 
@@ -184,10 +185,28 @@ def test_sidecar_captions_are_carried_into_every_segment(batch):
     for r in rows_of(batch, "groove"):
         assert (r["caption"], r["lyrics"], r["bpm"], r["key"], r["timesignature"], r["language"]) == (
             "deep house, soulful vocal", "la la", 122, "A minor", "4", "en")
+        assert r["metas_source"] == {f: {"source": "given"} for f in ("bpm", "key", "timesignature")}
+        assert r["lyrics_source"] == "untimed"
     for r in rows_of(batch, "café ñ"):
-        assert (r["caption"], r["lyrics"], r["bpm"]) == ("piano house", "oh oh", None)
+        assert (r["caption"], r["lyrics"]) == ("piano house", "oh oh")
         assert r["file"].startswith("café ñ_")
     assert all(r["caption"] == "default caption" and r["lyrics"] is None for r in rows_of(batch, "clicks"))
+
+
+def test_metas_not_given_are_measured_with_their_confidence(batch):
+    """café ñ has no sidecar metas: its 122 bpm, A minor, 4/4 groove is measured (A minor = tonic 57)."""
+    for r in rows_of(batch, "café ñ"):
+        assert (r["bpm"], r["key"], r["timesignature"]) == (122, "A minor", "4")
+        assert {m["source"] for m in r["metas_source"].values()} == {"measured"}
+        assert all(0.0 <= m["confidence"] <= 1.0 for m in r["metas_source"].values())
+    [table] = [m for m in batch["report"]["metas"] if m["track"] == "café ñ"]
+    assert table["bpm"]["value"] == 122 and table["key"]["source"] == "measured"
+    assert "sidecar" in batch["report"]["metas_hint"] and batch["report"]["analysis"] is True
+
+
+def test_untimed_lyrics_on_several_segments_are_a_warning(batch):
+    [groove] = [t for t in batch["report"]["tracks"] if t["track"] == "groove"]
+    assert any("untimed lyrics: each of the 3 segments gets the whole text" in w for w in groove["warnings"])
 
 
 def test_rerun_skips_finished_tracks_and_changes_nothing(batch):
@@ -312,3 +331,35 @@ def test_formats_libsndfile_cannot_read_are_reported_with_the_fix(tmp_path):
     (failed,) = report["failed"]
     assert failed["source"].endswith("phone.m4a")
     assert "convert it to WAV or FLAC" in failed["reason"] and not failed["reason"].startswith(failed["source"])
+
+
+def test_timed_lyrics_per_segment_malformed_lrc_kept_untimed_and_no_analyze(tmp_path, capsys):
+    src, out = tmp_path / "src", tmp_path / "out"
+    src.mkdir()
+    for name in ("timed", "broken"):
+        write_pcm24(src / f"{name}.wav", quantize_pcm24(music(65.0)), SR)
+    (src / "timed.lrc").write_text("[verse]\n[00:40.00] sung in the second window\n[00:44.00]\n")
+    (src / "broken.json").write_text(json.dumps({"bpm": 124, "lyrics_lrc": "[00:01.00] ok\n[00:02.00] ok too\noops\n"}))
+    assert run_cli(prep.main, ["--input", str(src), "--output", str(out), "--workers", "1", "--no-analyze"]) == 0
+    captured = capsys.readouterr()
+    rows = [json.loads(line) for line in (out / "manifest.jsonl").read_text().splitlines()]
+    timed = [r for r in rows if r["track"] == "timed"]
+    # Windows [0, 30), [29, 59) and the end-anchored [35, 65): the line at 40-44 s is sung in the last two.
+    assert [r["lyrics"] for r in timed] == ["[Instrumental]"] + ["[verse]\nsung in the second window"] * 2
+    assert {r["lyrics_source"] for r in timed} == {"lrc"}
+    broken = [r for r in rows if r["track"] == "broken"]
+    assert len(broken) == 3 and {r["lyrics"] for r in broken} == {"ok\nok too\noops"}  # never dropped
+    report = json.loads((out / "report.json").read_text())
+    [warning] = [w for t in report["tracks"] if t["track"] == "broken" for w in t["warnings"] if "lyrics_lrc" in w]
+    assert warning.startswith("broken.json lyrics_lrc line 3: not an LRC line") and "\n" not in warning
+    assert "broken.json lyrics_lrc line 3" in captured.err
+    # --no-analyze: nothing measured; the given bpm still wins.
+    assert (broken[0]["bpm"], broken[0]["key"], broken[0]["metas_source"]["key"]) == (124, None, {"source": "missing"})
+    assert report["analysis"] is False and "124 given" in captured.out and "N/A" in captured.out
+    # An edited .lrc re-slices the lyrics on the next run without rewriting any audio.
+    mtimes = {p.name: p.stat().st_mtime_ns for p in out.glob("*.wav")}
+    (src / "timed.lrc").write_text("[chorus]\n[00:05.00] now in the first window\n[00:09.00]\n")
+    assert run_cli(prep.main, ["--input", str(src), "--output", str(out), "--workers", "1", "--no-analyze"]) == 0
+    rows = [json.loads(line) for line in (out / "manifest.jsonl").read_text().splitlines()]
+    assert [r["lyrics"] for r in rows if r["track"] == "timed"] == ["[chorus]\nnow in the first window"] + ["[Instrumental]"] * 2
+    assert {p.name: p.stat().st_mtime_ns for p in out.glob("*.wav")} == mtimes

@@ -1,0 +1,89 @@
+"""LRC parsing and per-window lyric slicing (housevox.lyrics) on the windows prep really cuts."""
+
+import numpy as np
+import pytest
+
+from housevox.audio.slicing import plan_segments
+from housevox.lyrics import INSTRUMENTAL, LrcError, parse_lrc, plain_lyrics, window_lyrics
+
+SR = 1000  # plan_segments at a low rate: the same windows in seconds as at 44.1 kHz
+
+
+def windows(duration_s):
+    """The prep windows of a track: [0, 30), [29, 59), [58, 88), ..., the last one ending at the track end."""
+    mix = np.sin(np.arange(int(duration_s * SR)) * 0.7)
+    return [(s.start / SR, s.end / SR) for s in plan_segments(mix, SR)]
+
+
+LRC = """[ti:straddle]
+[offset:0]
+[verse]
+[00:05.00] first verse line
+[00:27.00] ends in the first window
+[00:30.50]
+[00:42.00] Sung after a long gap
+[chorus]
+[00:56.50] straddles 58 s
+[01:00.00] late chorus line <01:01.00>with a word tag
+[01:03.00]
+"""
+
+
+def test_windows_are_the_ones_prep_cuts():
+    assert [(round(a), round(b)) for a, b in windows(100)] == [(0, 30), (29, 59), (58, 88), (70, 100)]
+
+
+def test_lines_straddling_the_29_and_58_s_boundaries_go_where_most_of_them_is():
+    lines = parse_lrc(LRC, duration_s=100)
+    assert [(line.start_s, line.end_s) for line in lines] == [(5.0, 15.0), (27.0, 30.5), (42.0, 52.0), (56.5, 60.0), (60.0, 63.0)]
+    first, second, third, last = window_lyrics(lines, windows(100))
+    # 27.0-30.5: 3.0 s in [0, 30), 1.5 s in [29, 59). 56.5-60.0: 2.5 s in [29, 59), 2.0 s in [58, 88).
+    assert first == "[verse]\nfirst verse line\nends in the first window"
+    assert "ends in the first window" not in second and "straddles 58 s" in second
+    assert "straddles 58 s" not in third
+
+
+def test_section_tag_in_force_is_repeated_at_the_top_of_the_next_window():
+    first, second, third, last = window_lyrics(parse_lrc(LRC, duration_s=100), windows(100))
+    assert second == "[verse]\nSung after a long gap\n\n[chorus]\nstraddles 58 s"
+    assert third == "[chorus]\nlate chorus line with a word tag"
+
+
+def test_window_without_a_sung_line_is_instrumental():
+    assert window_lyrics(parse_lrc(LRC, duration_s=100), windows(100))[3] == INSTRUMENTAL
+    assert window_lyrics([], windows(40)) == [INSTRUMENTAL, INSTRUMENTAL]
+
+
+def test_end_anchored_last_window_gets_every_line_it_holds_whole():
+    """Track of 100 s: the last window [70, 100) overlaps [58, 88) by 18 s; a line inside both goes to both."""
+    lrc = "[01:15.00] in the overlap\n[01:19.00]\n[01:26.00] over the end of the third window\n[01:31.00]\n"
+    third, last = window_lyrics(parse_lrc(lrc, duration_s=100), windows(100))[2:]
+    assert third == "in the overlap"
+    assert last == "in the overlap\nover the end of the third window"
+
+
+def test_line_ends_at_the_next_timed_line_at_most_ten_seconds_and_at_the_track_end():
+    lines = parse_lrc("[00:01.00] a\n[00:03.25] b\n[00:20.00] c\n", duration_s=24.0)
+    assert [(x.start_s, x.end_s) for x in lines] == [(1.0, 3.25), (3.25, 13.25), (20.0, 24.0)]
+
+
+def test_time_tag_forms_repeated_tags_and_offset():
+    lines = parse_lrc("[offset:+500]\n[00:10][00:40.5] again\n[00:20:50] colon form\n[1:00.125] three digits\n")
+    assert [(x.start_s, x.text) for x in lines] == [(9.5, "again"), (20.0, "colon form"), (40.0, "again"),
+                                                    (pytest.approx(59.625), "three digits")]
+
+
+@pytest.mark.parametrize("text, line", [
+    ("[00:01.00] fine\nno time tag here\n", 2),
+    ("[ar:someone]\n\n[00:75.00] seventy-five seconds\n", 3),
+    ("[00:01.00] fine\n[0l:02.00] typo\n", 2),
+    ("[offset:soon]\n", 1),
+])
+def test_malformed_line_is_named_by_number(text, line):
+    with pytest.raises(LrcError) as err:
+        parse_lrc(text)
+    assert err.value.line == line and str(err.value).startswith(f"line {line}: ") and "\n" not in str(err.value)
+
+
+def test_plain_lyrics_keep_the_words_and_sections_without_tags():
+    assert plain_lyrics("[ti:x]\n[verse]\n[00:01.00] one <00:01.50>two\nno tag\n[00:04.00]\n") == "[verse]\none two\nno tag"
