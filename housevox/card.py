@@ -64,7 +64,8 @@ def eval_section(run: Run, chosen: int) -> list[str]:
     prompts = ", ".join(f"{n} {origin}" for origin, n in sorted(origins.items()))
     return [
         f"From `{EVAL_FILE}`: {len(doc['settings']['takes'])} fixed takes per model ({prompts} prompts), "
-        f"{render['duration_s']:g} s, {render['steps']} steps, CFG {render['cfg']:g}, LoRA scale {doc['settings']['lora_scale']:g}; "
+        f"{render['duration_s']:g} s, {render['steps']} steps, {render['guidance'].upper()} {render['guidance_scale']:g}"
+        f"{' + DCW' if render['dcw'] else ''}, LoRA scale {doc['settings']['lora_scale']:g}; "
         f"embedding {emb['kind']}{' ' + emb['model'] if emb.get('model') else ''}. "
         "Cells are LoRA (base alone); lower FAD is closer to the set, higher CLAP score follows the prompt better.",
         "", eval_table_markdown(doc, chosen=chosen), "",
