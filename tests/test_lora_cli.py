@@ -38,7 +38,7 @@ def xl_plan():
 
 def xl_shapes(dit, paths, rank):
     mods = dict(dit.named_modules())
-    return {to_original_path(p): ((rank, mods[p].in_features), (mods[p].out_features, rank)) for p in paths}
+    return {to_original_path(p): {"A": (rank, mods[p].in_features), "B": (mods[p].out_features, rank)} for p in paths}
 
 
 def cli(argv, capsys):
@@ -50,8 +50,8 @@ def cli(argv, capsys):
 def test_describe_xl_rank_128_explains_the_size(xl_plan, tmp_path):
     dit, plan = xl_plan
     shapes = xl_shapes(dit, plan.module_paths, 128)
-    lf = LoRAFile(tmp_path / "x.safetensors", "peft", {}, {}, shapes, {"BF16": 704},
-                  {m: 128.0 for m in shapes}, "adapter_config.json")
+    lf = LoRAFile(tmp_path / "x.safetensors", "peft", "lora", {}, {}, shapes, {"BF16": 704},
+                  {m: 128.0 for m in shapes}, {m: 128 for m in shapes}, "adapter_config.json")
     text = "\n".join(describe(lf))
     assert "modules: 352 (self 128 / cross 128 / mlp 96), layers 0..31" in text
     assert "parameters: 318,767,104" in text
@@ -63,7 +63,7 @@ def test_describe_xl_rank_128_explains_the_size(xl_plan, tmp_path):
 def test_inspect_real_xl_file_from_header(xl_plan, tmp_path, capsys):
     dit, plan = xl_plan
     shapes = xl_shapes(dit, plan.module_paths, 1)  # rank 1 keeps the file at 5 MB
-    weights = LoRAWeights({m: (torch.zeros(a), torch.zeros(b)) for m, (a, b) in shapes.items()},
+    weights = LoRAWeights({m: (torch.zeros(s["A"]), torch.zeros(s["B"])) for m, s in shapes.items()},
                           {m: 6.0 for m in shapes}, {"base_model": "acestep-v15-xl-base"})
     write_comfyui_file(tmp_path / "xl.safetensors", weights)
     code, out, _ = cli(["inspect", str(tmp_path / "xl.safetensors")], capsys)
