@@ -88,6 +88,10 @@ class LoRAWeights:
     def adapter_type(self) -> str:
         return "dora" if self.magnitude or self.dora_scale else "lora"
 
+    @property
+    def dtype(self) -> torch.dtype:
+        return next(iter(self.modules.values()))[0].dtype
+
     def rank(self, path: str) -> int:
         return self.modules[path][0].shape[0]
 
@@ -142,6 +146,10 @@ class LoKrWeights:
     metadata: dict[str, str] = field(default_factory=dict)
 
     adapter_type = "lokr"
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return next(iter(next(iter(self.modules.values())).values())).dtype
 
     def rank(self, path: str) -> int:
         return self.ranks[path]

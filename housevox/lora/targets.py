@@ -193,6 +193,7 @@ class TargetPlan:
     unmatched_names: list[str]
     counts: dict[str, int] = field(default_factory=dict)
     lora_params: int = 0
+    features: dict[str, tuple[int, int]] = field(default_factory=dict)  # path -> (in, out)
 
 
 def resolve_targets(dit: nn.Module, settings: LoRASettings) -> TargetPlan:
@@ -211,13 +212,20 @@ def resolve_targets(dit: nn.Module, settings: LoRASettings) -> TargetPlan:
                     hits[name] += 1
     paths.sort(key=module_sort_key)
     counts = Counter(module_kind(p) for p in paths)
+    features = {p: (modules[p].in_features, modules[p].out_features) for p in paths}
     return TargetPlan(
         module_paths=paths,
         unmatched_names=[n for n in settings.target_names if not hits[n]],
         counts={k: counts[k] for k in ("self", "cross", "mlp")},
-        lora_params=sum(math.prod(shape) for p in paths
-                        for shape in adapter_shapes(settings, modules[p].in_features, modules[p].out_features).values()),
+        lora_params=sum(math.prod(shape) for f in features.values() for shape in adapter_shapes(settings, *f).values()),
+        features=features,
     )
+
+
+def lokr_full_modules(settings: LoRASettings, plan: TargetPlan) -> list[str]:
+    """The planned modules whose LoKr factors PEFT keeps both full (ComfyUI then ignores alpha)."""
+    return [p for p, (n_in, n_out) in plan.features.items()
+            if {"lokr_w1", "lokr_w2"} <= set(adapter_shapes(settings, n_in, n_out))]
 
 
 def lora_layers(dit: nn.Module) -> dict[str, LoraLayer | LoKrLayer]:

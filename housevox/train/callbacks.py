@@ -277,7 +277,8 @@ class RunLint(L.Callback):
         hp = pl_module.hparams
         warnings = lint_run(pl_module.lora_settings, cfg_ratio=hp.cfg_ratio, model_version=pl_module.config.model_version,
                             warmup_steps=hp.warmup_steps, total_steps=int(trainer.estimated_stepping_batches),
-                            num_cycles=hp.num_cycles, cycle_steps=hp.cycle_steps, plan=pl_module.plan)
+                            num_cycles=hp.num_cycles, cycle_steps=hp.cycle_steps, plan=pl_module.plan,
+                            quantize_base=hp.quantize_base)
         for line in warnings:
             log.warning("lint: %s", line)
 

@@ -121,6 +121,9 @@ class HouseVoxLoRA(L.LightningModule):
             raise HousevoxError(f"model.cfg_ratio: {cfg_ratio} must be in [0, 1)")
         if quantize_base not in QUANTIZE_MODES:
             raise HousevoxError(f"model.quantize_base: {quantize_base!r} is not one of {', '.join(QUANTIZE_MODES)}")
+        if adapter_type == "lokr" and quantize_base == "nf4":
+            raise HousevoxError("model.quantize_base: nf4 does not work with adapter_type lokr (PEFT's LoKr cannot add its "
+                                "update to a packed 4-bit weight); use int8 or none")
         self.config, self.base_fingerprint = self.describe_base(checkpoint_dir)
         self.run_seed = int(seed) if seed >= 0 else None
         self.seed_was_drawn = False
