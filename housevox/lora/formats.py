@@ -374,7 +374,9 @@ def write_acestep_lokr(dir: str | Path, weights: LoKrWeights, dtype: torch.dtype
     tensors = _lokr_scale_one_tensors(weights, lambda p, part: f"lycoris_{p.replace('.', '_')}.{part}", dtype)
     header = _header(weights, algo="lokr", lokr_config=json.dumps(lokr_config), **{CONVENTION_KEY: LOKR_CONVENTION})
     header["format"] = "lycoris"
-    return save_safetensors(tensors, Path(dir) / ACESTEP_LOKR_WEIGHTS, metadata=header)
+    file = Path(dir) / ACESTEP_LOKR_WEIGHTS
+    save_safetensors(tensors, file, metadata=header)
+    return file
 
 
 def write_diffusers_file(path: str | Path, weights: AdapterWeights, dtype: torch.dtype = torch.bfloat16) -> Path:
