@@ -40,6 +40,7 @@ from housevox.lora.targets import (
     ADAPTER_NAMES,
     LOKR_PARTS,
     inject,
+    lokr_shapes,
     lora_layers,
     module_sort_key,
     to_diffusers_path,
@@ -361,16 +362,22 @@ def write_acestep_lokr(dir: str | Path, weights: LoKrWeights, dtype: torch.dtype
     if not isinstance(weights, LoKrWeights):
         raise HousevoxError(f"the ACE-Step LoKr file holds LoKr only, not {weights.adapter_type}")
     paths = _ordered(weights)
+    split = [p for p in paths if not weights.is_full(p)] or paths  # full-full modules ignore linear_dim/alpha
+    linear_dim = _most_common({p: weights.rank(p) for p in split})
+    linear_alpha = _most_common({p: weights.alpha[p] for p in split})
+    factor, decompose_both = decompose_factor(weights), any("lokr_w1_a" in m for m in weights.modules.values())
+    for p in paths:
+        built = lokr_shapes(*in_out_features(weights, p), linear_dim, factor, decompose_both)
+        if (p in split and (weights.rank(p), weights.alpha[p]) != (linear_dim, linear_alpha)) or \
+                built != {k: tuple(t.shape) for k, t in weights.modules[p].items()}:
+            raise HousevoxError(f"{p}: ACE-Step's LoKr config has one linear_dim ({linear_dim}) and linear_alpha "
+                                f"({linear_alpha:g}) for every module, which would not rebuild this module's factors")
     lokr_config = {
-        "linear_dim": _most_common(weights.ranks), "linear_alpha": _most_common(weights.alpha),
-        "factor": decompose_factor(weights), "decompose_both": any("lokr_w1_a" in m for m in weights.modules.values()),
+        "linear_dim": linear_dim, "linear_alpha": linear_alpha, "factor": factor, "decompose_both": decompose_both,
         "use_tucker": False, "use_scalar": False, "weight_decompose": False, "full_matrix": False,
         "bypass_mode": False, "rs_lora": False, "unbalanced_factorization": False,
         "target_modules": list(dict.fromkeys(p.rsplit(".", 1)[1] for p in paths)),
     }
-    if len(set(weights.ranks.values())) > 1 or len(set(weights.alpha.values())) > 1:
-        raise HousevoxError("ACE-Step's LoKr config has one linear_dim and linear_alpha: per-module ranks or alphas "
-                            "cannot be written in this layout")
     tensors = _lokr_scale_one_tensors(weights, lambda p, part: f"lycoris_{p.replace('.', '_')}.{part}", dtype)
     header = _header(weights, algo="lokr", lokr_config=json.dumps(lokr_config), **{CONVENTION_KEY: LOKR_CONVENTION})
     header["format"] = "lycoris"

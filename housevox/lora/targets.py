@@ -134,7 +134,7 @@ class LoRASettings:
         if not 0.0 <= self.lokr_rank_dropout < 1.0:
             raise HousevoxError(f"lokr_rank_dropout: must be in [0, 1), got {self.lokr_rank_dropout!r}")
         if self.lokr_full_matrix and self.lokr_decompose_both:
-            raise HousevoxError("lokr_full_matrix and lokr_decompose_both exclude each other (full factors vs low-rank ones)")
+            raise HousevoxError("lokr_full_matrix: excludes lokr_decompose_both (full factors vs low-rank ones)")
         if self.dropout:
             raise HousevoxError("dropout: PEFT's LoKr has no input dropout; set dropout 0 (lokr_rank_dropout exists)")
 
@@ -167,8 +167,8 @@ _FULL_MATRIX_RANK = 1 << 16
 
 
 @functools.lru_cache(maxsize=256)
-def _lokr_shapes(in_features: int, out_features: int, config_key: tuple) -> dict[str, tuple[int, ...]]:
-    r, factor, decompose_both = config_key
+def lokr_shapes(in_features: int, out_features: int, r: int, factor: int, decompose_both: bool) -> dict[str, tuple[int, ...]]:
+    """The LoKr factors PEFT creates on one Linear (LyCORIS splits the same way: PEFT copied its rules)."""
     config = LoKrConfig(r=r, alpha=r, decompose_factor=factor, decompose_both=decompose_both)
     layer = LoKrLinear(nn.Linear(in_features, out_features, bias=False, device="meta"), ADAPTER, config=config, r=r, alpha=r)
     return {part: tuple(getattr(layer, part)[ADAPTER].shape) for part in LOKR_PARTS if ADAPTER in getattr(layer, part)}
@@ -177,8 +177,7 @@ def _lokr_shapes(in_features: int, out_features: int, config_key: tuple) -> dict
 def adapter_shapes(settings: LoRASettings, in_features: int, out_features: int) -> dict[str, tuple[int, ...]]:
     """The trained tensors of one adapted Linear, as PEFT creates them (LoKr's split decided by PEFT itself)."""
     if settings.adapter_type == "lokr":
-        return _lokr_shapes(in_features, out_features,
-                            (settings.peft_rank, settings.lokr_factor, settings.lokr_decompose_both))
+        return lokr_shapes(in_features, out_features, settings.peft_rank, settings.lokr_factor, settings.lokr_decompose_both)
     shapes = {"lora_A": (settings.rank, in_features), "lora_B": (out_features, settings.rank)}
     if settings.adapter_type == "dora":
         shapes["lora_magnitude_vector"] = (out_features,)
