@@ -301,7 +301,9 @@ def comfyui_weight(f: dict, x: str, w0: torch.Tensor) -> torch.Tensor:
     lora.py: alpha/lora_down.shape[0], lora_diff = up@down; base.py weight_decompose (dora_scale with
     out rows): (W + alpha·diff) · dora_scale / (‖W‖_row + eps), the norm of the base weight.
     """
-    get = lambda k: f[f"{x}.{k}"].float() if f"{x}.{k}" in f else None  # noqa: E731
+    def get(part):
+        return f[f"{x}.{part}"].float() if f"{x}.{part}" in f else None
+
     if get("lokr_w1") is not None or get("lokr_w1_a") is not None:
         dim = None
         w1 = get("lokr_w1")

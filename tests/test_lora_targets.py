@@ -9,15 +9,8 @@ from housevox.acestep.config import AceStepConfig
 from housevox.acestep.modules import build_dit
 from housevox.acestep.presets import PRESETS
 from housevox.errors import HousevoxError
-from housevox.lora import (
-    LoRASettings,
-    apply_lora,
-    init_lora_weights,
-    resolve_targets,
-    set_lora_scale,
-    to_diffusers_path,
-    to_original_path,
-)
+from housevox.lora import LoRASettings, apply_lora, init_lora_weights, resolve_targets, set_lora_scale
+from housevox.lora import to_diffusers_path, to_original_path
 from housevox.lora.targets import lora_layers
 
 SEED_TARGETS = "q_proj k_proj v_proj o_proj w1 w2 c_proj gate_proj up_proj down_proj"

@@ -295,10 +295,15 @@ def _lora_tensors(weights: LoRAWeights, key: Callable[[str, str], str], parts: t
     return {key(p, part): t.to(dtype) for p in _ordered(weights) for part, t in zip(parts, weights.modules[p])}
 
 
+def _peft_key(path: str, part: str) -> str:
+    """PEFT's (and ComfyUI's) key for a part of an ORIGINAL module path."""
+    return f"base_model.model.{path}.{part}"
+
+
 def write_peft_folder(dir: str | Path, weights: AdapterWeights, dtype: torch.dtype = torch.float32) -> Path:
     """ACE-Step's adapter folder; the config is written last, so its presence means the weights are complete."""
     dir = Path(dir)
-    key = lambda p, part: f"base_model.model.{p}.{part}"  # noqa: E731
+    key = _peft_key
     common = {"task_type": "FEATURE_EXTRACTION",  # what ACE-Step's own trainer writes
               "base_model_name_or_path": weights.metadata.get("base_model"), "inference_mode": True,
               "modules_to_save": None}
@@ -337,7 +342,7 @@ def _lokr_scale_one_tensors(weights: LoKrWeights, key: Callable[[str, str], str]
 
 def write_comfyui_file(path: str | Path, weights: AdapterWeights, dtype: torch.dtype = torch.bfloat16) -> Path:
     """Single file with ComfyUI's key names for the adapter type and an fp32 `.alpha` scalar per module."""
-    key = lambda p, part: f"base_model.model.{p}.{part}"  # noqa: E731
+    key = _peft_key
     if isinstance(weights, LoKrWeights):
         tensors = _lokr_scale_one_tensors(weights, key, dtype)
         convention = LOKR_CONVENTION
@@ -457,11 +462,10 @@ def detect_format(keys: list[str]) -> str:
 def _adapter_type(parts: dict[str, dict[str, tuple]], file: Path) -> str:
     kinds = set()
     for module, have in parts.items():
-        kind = "lokr" if any(p.startswith("lokr_") for p in have) else \
-            "dora" if {"magnitude", "dora_scale"} & set(have) else "lora"
-        if kind != "lokr" and any(p.startswith("lokr_") for p in have):
-            raise HousevoxError(f"{file}: {module} carries keys of two adapter types")
-        kinds.add(kind)
+        lokr = any(p.startswith("lokr_") for p in have)
+        if lokr and set(have) & {"A", "B", "magnitude", "dora_scale"}:
+            raise HousevoxError(f"{file}: {module} carries keys of two adapter types (LoKr and LoRA)")
+        kinds.add("lokr" if lokr else "dora" if {"magnitude", "dora_scale"} & set(have) else "lora")
     if len(kinds) > 1:
         raise HousevoxError(f"{file}: mixes adapter types ({', '.join(sorted(kinds))}); loaders keep only one per module")
     return kinds.pop()
