@@ -510,6 +510,14 @@ class LoRAFile:
     def metadata(self) -> dict[str, str]:
         return {k: v for k, v in self.header.items() if k not in _RESERVED_HEADER_KEYS}
 
+    @property
+    def params(self) -> int:
+        """Trained values in the file (alpha scalars aside)."""
+        return sum(math.prod(s) for parts in self.shapes.values() for s in parts.values())
+
+    def scale(self, module: str) -> float:
+        return self.alpha[module] / self.ranks[module]
+
 
 def open_lora(path: str | Path) -> LoRAFile:
     """Parse an adapter's keys, shapes and alphas (layout detected from the keys); errors name the file and key."""

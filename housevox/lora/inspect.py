@@ -53,10 +53,10 @@ def describe(lf: LoRAFile) -> list[str]:
     """The inspect report as lines."""
     shapes, kind = lf.shapes, lf.adapter_type
     counts = {m: sum(math.prod(s) for s in parts.values()) for m, parts in shapes.items()}
-    params = sum(counts.values())
+    params = lf.params
     kinds = Counter(module_kind(m) for m in shapes)
     layers = sorted({int(m.split(".")[1]) for m in shapes})
-    scales = [lf.alpha[m] / lf.ranks[m] for m in shapes]
+    scales = [lf.scale(m) for m in shapes]
     lines = [
         f"file: {lf.file}",
         f"format: {_FORMAT_NAMES[lf.format]}",
