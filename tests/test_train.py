@@ -135,6 +135,9 @@ def test_resume_without_checkpoint_exits_2(tmp_path, tiny_checkpoint, tiny_segme
     (["--model.optimizer_type", "sgd"], "optimizer_type"),
     (["--model.checkpoint_dir", "/nonexistent/acestep"], "/nonexistent/acestep"),
     (["--model.attention_typo", "x"], "attention_typo"),
+    (["--model.adapter_type", "loha"], "adapter_type"),
+    (["--model.lokr_factor", "4"], "lokr_factor"),  # a LoKr option on the default LoRA
+    (["--model.adapter_type", "lokr", "--model.quantize_base", "nf4"], "quantize_base"),
 ])
 def test_bad_config_values_name_the_field(tmp_path, tiny_checkpoint, tiny_segments, capsys, override, field):
     config = write_config(tmp_path / "cfg.yaml", tiny_checkpoint, tiny_segments)
