@@ -259,16 +259,20 @@ def test_seed_json_lokr_preset_exports_for_peft_comfyui_and_ace_step(tmp_path, t
     result = run_fit_preset(tmp_path / "lokr.json", tmp_path, "--model.checkpoint_dir", str(tiny_checkpoint),
                             "--data.segments_dir", str(tiny_segments), "--trainer.max_epochs", "1",
                             "--trainer.limit_train_batches", "4", "--trainer.limit_val_batches", "1",
-                            "--trainer.accelerator", "cpu", "--trainer.enable_progress_bar", "false")
+                            "--trainer.accelerator", "cpu", "--trainer.enable_progress_bar", "false",
+                            "--run_name", "zz")  # sorts after lokr_weights.safetensors
     assert result.returncode == 0, result.stderr[-3000:]
-    run = tmp_path / "lightning_logs" / "house_xl_300mb_beast"
+    run = tmp_path / "lightning_logs" / "zz"
     ckpt = torch.load(run / "checkpoints" / "last.ckpt", weights_only=True)
     assert ckpt["global_step"] == 1 and ckpt["housevox"]["adapter_type"] == "lokr"
+    from housevox.report import save_points
+
+    assert [p.comfyui_file.name for p in save_points(run)] == ["zz_epoch_001.safetensors"]
     assert ckpt["state_dict"] and all(".lokr_" in k for k in ckpt["state_dict"])
     module = trained_from_checkpoint(HouseVoxLoRA(str(tiny_checkpoint), rank=128, alpha=128, adapter_type="lokr"), ckpt)
     export = run / "lora" / "epoch_001"
     weights = assert_peft_folder_is_the_trained_adapter(export / "adapter", module, ckpt)
-    assert read_lora(export / "house_xl_300mb_beast_epoch_001.safetensors").metadata["adapter_type"] == "lokr"
+    assert read_lora(export / "zz_epoch_001.safetensors").metadata["adapter_type"] == "lokr"
     ace = load_file(export / "lokr_weights.safetensors")
     from housevox.lora import to_original_path
     from housevox.lora.targets import lora_layers

@@ -218,9 +218,10 @@ class LoRAExport(L.Callback):
         weights = extract_lora(pl_module.dit)
         weights.metadata.update(metadata)
         write_peft_folder(folder / "adapter", weights, dtype=torch.float32)
-        write_comfyui_file(folder / f"{run_dir(trainer).name}_epoch_{epoch:03d}.safetensors", weights, dtype=torch.bfloat16)
         if weights.adapter_type == "lokr":
             write_acestep_lokr(folder, weights, dtype=torch.float32)
+        # last: readers take a folder with the ComfyUI file as a finished export
+        write_comfyui_file(folder / f"{run_dir(trainer).name}_epoch_{epoch:03d}.safetensors", weights, dtype=torch.bfloat16)
         log.info("LoRA for epoch %d written to %s", epoch, folder)
 
     def on_train_epoch_end(self, trainer, pl_module) -> None:
