@@ -3,10 +3,12 @@
     python benchmarks/train_step.py --config xl --device cuda --steps 20
     python benchmarks/train_step.py --config tiny --device cpu
     python benchmarks/train_step.py --config xl --layers 1 --frames 100 --device cpu --steps 2 --warmup 1
+    python benchmarks/train_step.py --config tiny --device cpu --adapter lokr   # or dora; lora is the default
 
 The step is production's: `HouseVoxLoRA` (only `describe_base`/`load_base` are replaced) run by a
 Lightning Trainer with `housevox.fit`'s callbacks and defaults, the seed's LoRA (r 128, all seven
-names, both attentions) and AdamW8bit. FLOPs are counted with FlopCounterMode on a meta-device
+names, both attentions) and AdamW8bit; `--adapter lokr|dora` trains that adapter type at the same
+rank and alpha instead (PEFT's LoKr / DoRA), and the trainable parameter count is reported with the step time. FLOPs are counted with FlopCounterMode on a meta-device
 copy of the same model, so MFU (model FLOPs) and HFU (plus checkpoint recompute) need no extra
 device memory. Prints a summary and appends a JSON line to benchmarks/results/train_step.jsonl.
 """
@@ -32,7 +34,7 @@ from housevox.acestep.config import AceStepConfig
 from housevox.acestep.modules import build_dit
 from housevox.data.datamodule import collate
 from housevox.fit import TRAINER_DEFAULTS, callbacks
-from housevox.lora import apply_lora
+from housevox.lora import ADAPTER_TYPES, apply_lora
 from housevox.train.memory import GPUS
 from housevox.train.quantize import QUANTIZE_MODES
 from housevox.train.synthetic import SyntheticBaseLoRA, base_config, synthetic_sample
@@ -178,7 +180,8 @@ def peak_memory(device: torch.device) -> dict:
 def run(args) -> dict:
     device = torch.device(args.device)
     raw = base_config(args.config, args.layers)
-    lora_kwargs = dict(SEED_LORA, gradient_checkpointing=not args.no_checkpointing, quantize_base=args.quantize)
+    lora_kwargs = dict(SEED_LORA, adapter_type=args.adapter, gradient_checkpointing=not args.no_checkpointing,
+                       quantize_base=args.quantize)
     steps = args.warmup + args.steps
     model_fwd, model_total = count_flops(raw, args.frames, args.cond_len, False, lora_kwargs)
     _, hardware_total = count_flops(raw, args.frames, args.cond_len, not args.no_checkpointing, lora_kwargs)
@@ -202,6 +205,8 @@ def run(args) -> dict:
     result = {
         "date": datetime.date.today().isoformat(), "device": name, "threads": torch.get_num_threads(), "torch": torch.__version__,
         "config": args.config, "layers": module.config.num_hidden_layers, "frames": args.frames,
+        "adapter": args.adapter, "rank": SEED_LORA["rank"],
+        "adapter_params": sum(p.numel() for p in module.trainable_parameters()),
         "cond_len": args.cond_len, "accumulate": args.accumulate, "checkpointing": not args.no_checkpointing,
         "quantize": args.quantize, "compile": args.compile, "steps_timed": len(times),
         "s_per_step": s_per_step, "s_per_step_all": times, "segments_per_s": segments_per_s,
@@ -222,7 +227,8 @@ def run(args) -> dict:
 
 
 def report(r: dict) -> None:
-    print(f"{r['config']} ({r['layers']} layers), T {r['frames']}, L {r['cond_len']}, batch 1 x accumulate {r['accumulate']}, "
+    print(f"{r['config']} ({r['layers']} layers), {r['adapter']} r {r['rank']} ({r['adapter_params']:,} trained parameters), "
+          f"T {r['frames']}, L {r['cond_len']}, batch 1 x accumulate {r['accumulate']}, "
           f"checkpointing {'on' if r['checkpointing'] else 'off'}, quantize {r['quantize']}, compile {r['compile']} "
           f"on {r['device']}")
     print(f"  {r['s_per_step']:.3f} s/step (median of {r['steps_timed']}), {r['segments_per_s']:.2f} segments/s, "
@@ -251,6 +257,7 @@ def main() -> None:
     parser.add_argument("--no-checkpointing", action="store_true", help="keep block activations instead of recomputing")
     parser.add_argument("--compile", action="store_true", help="torch.compile each DiT block")
     parser.add_argument("--quantize", choices=QUANTIZE_MODES, default="none", help="low-memory mode of the frozen base")
+    parser.add_argument("--adapter", choices=ADAPTER_TYPES, default="lora", help="adapter type, at the seed's r 128 / alpha 128")
     parser.add_argument("--layers", type=int, help="override the depth (an XL-wide, shallow model for CPU smoke runs)")
     parser.add_argument("--frames", type=int, default=750, help="latent frames per segment (25 Hz: 750 = 30 s)")
     parser.add_argument("--cond-len", type=int, default=769, help="condition tokens")

@@ -16,6 +16,7 @@ from pathlib import Path
 from housevox.atomic import write_text
 from housevox.errors import HousevoxError, UsageError, run_cli
 from housevox.eval.results import EVAL_FILE, eval_table_markdown, read_eval
+from housevox.lora.targets import ADAPTER_NAMES
 from housevox.report import Run, SavePoint, load_run, loss_table_markdown, plot_training, run_config, save_figure
 
 CARD = "release_card.md"
@@ -169,19 +170,18 @@ def hardware_section(run: Run) -> list[str]:
 
 def lora_section(save: SavePoint) -> list[str]:
     lf, meta = save.lora, save.lora.metadata
-    ranks = [a[0] for a, _ in lf.shapes.values()]
     kinds = Counter(m.split(".")[2] for m in lf.shapes)
-    params = sum(a[0] * a[1] + b[0] * b[1] for a, b in lf.shapes.values())
     files = sorted(p for p in save.folder.rglob("*") if p.is_file())
     return [
         f"- base model: {meta.get('base_model', '?')} ({meta.get('base_model_variant', '?')}, "
         f"weights hash {meta.get('base_model_hash', '?')})",
-        f"- rank: {_one(ranks)}",
+        f"- adapter: {ADAPTER_NAMES[lf.adapter_type]}",
+        f"- rank: {_one(lf.ranks.values())}",
         f"- alpha: {_one(lf.alpha.values())}",
-        f"- scale alpha/r: {_one(round(lf.alpha[m] / a[0], 4) for m, (a, _) in lf.shapes.items())}",
+        f"- scale alpha/r: {_one(round(lf.scale(m), 4) for m in lf.shapes)}",
         f"- targets: `{meta.get('target_modules', '?')}` (attention: {meta.get('attention_type', '?')})",
         f"- modules: {len(lf.shapes)} (self_attn {kinds['self_attn']}, cross_attn {kinds['cross_attn']}, "
-        f"mlp {kinds['mlp']}), {params:,} parameters",
+        f"mlp {kinds['mlp']}), {lf.params:,} parameters",
         f"- epoch: {meta.get('epoch', save.epoch)}",
         f"- global step: {save.global_step}",
         "- files (size on disk):",
@@ -230,8 +230,8 @@ def render(run: Run, save: SavePoint, cfg: dict) -> str:
     lora = lora_section(save)
     data_desc = f"{len(rows)} segments (training and validation)" if rows else "its segments"
     parts = [
-        f"# {run.name}: ACE-Step v1.5 LoRA ({meta.get('base_model', 'base model')}, "
-        f"rank {_one(a[0] for a, _ in save.lora.shapes.values())} / alpha {_one(save.lora.alpha.values())}), "
+        f"# {run.name}: ACE-Step v1.5 {ADAPTER_NAMES[save.lora.adapter_type]} ({meta.get('base_model', 'base model')}, "
+        f"rank {_one(save.lora.ranks.values())} / alpha {_one(save.lora.alpha.values())}), "
         f"epoch {save.epoch}",
         "",
         f"LoRA for {meta.get('base_model', 'the base model')} trained with housevox on {data_desc}. "

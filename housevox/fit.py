@@ -87,7 +87,7 @@ class HouseVoxCLI(LightningCLI):
         print(f"\nTensorBoard logs: {folder}   (tensorboard --logdir {folder.parent})")
         print(f"Checkpoints:      {folder / 'checkpoints'}")
         if loras:
-            print(f"LoRA:             {loras[-1]}  (PEFT folder adapter/ + ComfyUI .safetensors)")
+            print(f"LoRA:             {loras[-1]}  (PEFT folder adapter/ + ComfyUI .safetensors; LoKr also lokr_weights.safetensors for ACE-Step)")
 
 
 def _expand_preset(argv: list[str]) -> list[str]:

@@ -19,6 +19,7 @@ from matplotlib.figure import Figure
 from housevox.atomic import write_bytes
 from housevox.errors import HousevoxError
 from housevox.lora import LoRAFile, open_lora, read_lora
+from housevox.lora.formats import ACESTEP_LOKR_WEIGHTS
 from housevox.lora.targets import module_kind, module_sort_key
 
 KINDS = ("self", "cross", "mlp")
@@ -101,7 +102,7 @@ def save_points(folder: Path) -> list[SavePoint]:
     points = []
     for sub in sorted((folder / "lora").glob("epoch_*")):
         m = _LORA_FOLDER.fullmatch(sub.name)
-        files = sorted(sub.glob("*.safetensors"))
+        files = sorted(f for f in sub.glob("*.safetensors") if f.name != ACESTEP_LOKR_WEIGHTS)
         if not m or not files:
             continue
         lf = open_lora(files[0])

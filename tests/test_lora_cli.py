@@ -38,7 +38,7 @@ def xl_plan():
 
 def xl_shapes(dit, paths, rank):
     mods = dict(dit.named_modules())
-    return {to_original_path(p): ((rank, mods[p].in_features), (mods[p].out_features, rank)) for p in paths}
+    return {to_original_path(p): {"A": (rank, mods[p].in_features), "B": (mods[p].out_features, rank)} for p in paths}
 
 
 def cli(argv, capsys):
@@ -50,8 +50,8 @@ def cli(argv, capsys):
 def test_describe_xl_rank_128_explains_the_size(xl_plan, tmp_path):
     dit, plan = xl_plan
     shapes = xl_shapes(dit, plan.module_paths, 128)
-    lf = LoRAFile(tmp_path / "x.safetensors", "peft", {}, {}, shapes, {"BF16": 704},
-                  {m: 128.0 for m in shapes}, "adapter_config.json")
+    lf = LoRAFile(tmp_path / "x.safetensors", "peft", "lora", {}, {}, shapes, {"BF16": 704},
+                  {m: 128.0 for m in shapes}, {m: 128 for m in shapes}, "adapter_config.json")
     text = "\n".join(describe(lf))
     assert "modules: 352 (self 128 / cross 128 / mlp 96), layers 0..31" in text
     assert "parameters: 318,767,104" in text
@@ -63,7 +63,7 @@ def test_describe_xl_rank_128_explains_the_size(xl_plan, tmp_path):
 def test_inspect_real_xl_file_from_header(xl_plan, tmp_path, capsys):
     dit, plan = xl_plan
     shapes = xl_shapes(dit, plan.module_paths, 1)  # rank 1 keeps the file at 5 MB
-    weights = LoRAWeights({m: (torch.zeros(a), torch.zeros(b)) for m, (a, b) in shapes.items()},
+    weights = LoRAWeights({m: (torch.zeros(s["A"]), torch.zeros(s["B"])) for m, s in shapes.items()},
                           {m: 6.0 for m in shapes}, {"base_model": "acestep-v15-xl-base"})
     write_comfyui_file(tmp_path / "xl.safetensors", weights)
     code, out, _ = cli(["inspect", str(tmp_path / "xl.safetensors")], capsys)
@@ -165,3 +165,78 @@ def test_module_entry_point_prints_one_line_for_a_foreign_file(tmp_path):
                           capture_output=True, text=True, cwd=Path(__file__).parents[1])
     assert proc.returncode == 1 and "Traceback" not in proc.stderr
     assert "error: " in proc.stderr and "sdxl.safetensors" in proc.stderr and "lora_unet_mid_block" in proc.stderr
+
+
+def test_lint_lokr_seed_json_warns_where_comfyui_would_ignore_alpha(tmp_path, capsys):
+    (tmp_path / "lokr.json").write_text(json.dumps({**SEED_V1, "adapter_type": "lokr", "alpha": 64}))
+    code, out, _ = cli(["lint", "--config", str(tmp_path / "lokr.json")], capsys)
+    assert code == 0 and "adapter: LoKr, scale alpha/r = 64/128 = 0.500" in out
+    assert "352 of 352 modules keep both Kronecker factors full" in out and "ComfyUI and LyCORIS ignore alpha" in out
+    assert "adapter parameters = sum of the Kronecker factors' sizes" in out
+    (tmp_path / "lokr_r.json").write_text(json.dumps({**SEED_V1, "adapter_type": "lokr", "alpha": 128}))
+    _, out, _ = cli(["lint", "--config", str(tmp_path / "lokr_r.json")], capsys)
+    assert "Kronecker factors full" not in out
+
+
+@pytest.mark.parametrize("adapter_type, quantize_base, expected", [
+    ("lokr", "nf4", "fails at the first step"),
+    ("dora", "int8", "dequantises every adapted weight"),
+    ("dora", "none", None),
+])
+def test_lint_lokr_and_dora_on_quantised_bases(adapter_type, quantize_base, expected):
+    warnings = lint_run(LoRASettings(adapter_type=adapter_type, rank=8, alpha=8), cfg_ratio=0.1, model_version="base",
+                        warmup_steps=0, total_steps=None, num_cycles=4, cycle_steps=None, plan=None,
+                        quantize_base=quantize_base)
+    assert any(expected in w for w in warnings) if expected else not warnings
+
+
+def _trained_tiny(settings: LoRASettings):
+    from housevox.lora import apply_lora, extract_lora
+
+    torch.manual_seed(0)
+    dit = build_dit(AceStepConfig.from_upstream(PRESETS["tiny"]), device="cpu").requires_grad_(False)
+    apply_lora(dit, settings)
+    with torch.no_grad():
+        for p in dit.parameters():
+            if p.requires_grad:
+                p.add_(torch.randn(p.shape) * 0.1)
+    return extract_lora(dit)
+
+
+def test_inspect_and_convert_a_lokr(tmp_path, capsys):
+    from housevox.lora import write_peft_folder
+
+    weights = _trained_tiny(LoRASettings(adapter_type="lokr", rank=4, alpha=6))
+    write_peft_folder(tmp_path / "peft", weights)
+    code, out, _ = cli(["inspect", str(tmp_path / "peft")], capsys)
+    assert code == 0 and "adapter: LoKr" in out and "PEFT adapter" in out
+    assert "self_attn.q_proj: w1 8x8 + w2 8x8 = 128 x 2 = 256" in out
+    assert "mlp.up_proj: w1 8x8 + w2 16x4+4x8 (rank 4) = 160 x 2 = 320" in out  # 64 + 64 + 32
+    assert "16 of 22 modules have both factors full" in out
+    params = sum(t.numel() for parts in weights.modules.values() for t in parts.values())
+    assert f"parameters: {params:,} " in out
+    code, out, _ = cli(["convert", str(tmp_path / "peft"), "--to", "comfyui", "--out", str(tmp_path / "c.safetensors")], capsys)
+    assert code == 0
+    code, _, _ = cli(["convert", str(tmp_path / "c.safetensors"), "--to", "acestep-lokr", "--out", str(tmp_path / "ace")], capsys)
+    assert code == 0 and (tmp_path / "ace" / "lokr_weights.safetensors").is_file()
+    code, _, _ = cli(["convert", str(tmp_path / "ace"), "--to", "peft", "--out", str(tmp_path / "peft2")], capsys)
+    back = read_lora(tmp_path / "peft2")
+    assert code == 0 and all(torch.allclose(back.delta(p), weights.delta(p), rtol=0, atol=1e-6) for p in weights.modules)
+    code, _, err = cli(["convert", str(tmp_path / "peft"), "--to", "diffusers", "--out", str(tmp_path / "d.safetensors")],
+                       capsys)
+    assert code == 1 and "LoRA only" in err and len(err.splitlines()) == 1
+
+
+def test_convert_dora_needs_its_base_for_comfyui(tmp_path, capsys):
+    from housevox.lora import write_comfyui_file as write_comfy
+    from housevox.lora import write_peft_folder
+
+    weights = _trained_tiny(LoRASettings(adapter_type="dora", rank=4, alpha=4))
+    write_peft_folder(tmp_path / "peft", weights)
+    code, _, err = cli(["convert", str(tmp_path / "peft"), "--to", "comfyui", "--out", str(tmp_path / "c.safetensors")],
+                       capsys)
+    assert code == 1 and "needs the base weights" in err and len(err.splitlines()) == 1
+    assert not (tmp_path / "c.safetensors").exists()
+    write_comfy(tmp_path / "ok.safetensors", weights)
+    code, out, _ = cli(["inspect", str(tmp_path / "ok.safetensors")], capsys)
+    assert code == 0 and "adapter: DoRA" in out and "+ 64 (magnitude)" in out and "convention: dora_scale" in out

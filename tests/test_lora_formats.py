@@ -1,4 +1,4 @@
-"""The three LoRA layouts: lossless round trips, merged weights, and loading in PEFT and diffusers."""
+"""The adapter layouts: lossless round trips, merged weights, and loading in PEFT, diffusers and (re-derived) ComfyUI."""
 
 import json
 
@@ -6,7 +6,8 @@ import pytest
 import torch
 from diffusers.loaders import AceStepLoraLoaderMixin
 from peft import PeftModel
-from safetensors.torch import save_file
+from safetensors import safe_open
+from safetensors.torch import load_file, save_file
 from torch import nn
 
 from housevox.acestep.config import AceStepConfig
@@ -21,11 +22,14 @@ from housevox.lora import (
     load_lora_into,
     read_lora,
     to_diffusers_path,
+    to_original_path,
+    write_acestep_lokr,
     write_comfyui_file,
     write_diffusers_file,
     write_peft_folder,
 )
-from housevox.lora.targets import lora_layers
+from housevox.lora.formats import CONVENTION_KEY, in_out_features, open_lora
+from housevox.lora.targets import init_lora_weights, lora_layers
 
 TINY = AceStepConfig.from_upstream(PRESETS["tiny"])
 WRITERS = {"peft": write_peft_folder, "comfyui": write_comfyui_file, "diffusers": write_diffusers_file}
@@ -140,16 +144,24 @@ def test_load_lora_into_rejects_other_model_sizes(weights):
         load_lora_into(build_dit(TINY, device="cpu"), weights)
 
 
-def original_names_tree(weights: LoRAWeights) -> nn.Module:
-    """ACE-Step's own module naming (`layers.N.self_attn.q_proj`), Linear shapes taken from the LoRA."""
+def original_names_tree(weights, base: nn.Module | None = None) -> nn.Module:
+    """ACE-Step's own module naming (`layers.N.self_attn.q_proj`), Linear shapes taken from the adapter.
+
+    With `base` (a housevox DiT), each Linear gets that DiT's weight for the module.
+    """
     root = nn.Module()
     root.layers = nn.ModuleList(nn.Module() for _ in range(TINY.num_hidden_layers))
-    for path, (a, b) in weights.modules.items():
+    base_modules = dict(base.named_modules()) if base is not None else {}
+    for path in weights.modules:
         _, i, block, name = path.split(".")
         parent = root.layers[int(i)]
         if not hasattr(parent, block):
             parent.add_module(block, nn.Module())
-        getattr(parent, block).add_module(name, nn.Linear(a.shape[1], b.shape[0], bias=False))
+        linear = nn.Linear(*in_out_features(weights, path), bias=False)
+        if base is not None:
+            source = base_modules[to_diffusers_path(path)]
+            linear.weight.data.copy_(getattr(source, "base_layer", source).weight)
+        getattr(parent, block).add_module(name, linear)
     return root
 
 
@@ -245,3 +257,221 @@ def test_unreadable_inputs_fail_cleanly(tmp_path, weights):
     save_file(bare, tmp_path / "bare.safetensors")
     with pytest.raises(HousevoxError, match="alpha is unknown"):
         read_lora(tmp_path / "bare.safetensors")
+
+
+# --- LoKr and DoRA -------------------------------------------------------------------------------
+
+ADAPTERS = {
+    "lokr": LoRASettings(adapter_type="lokr", rank=4, alpha=6.0),  # tiny: attention factors full, MLP w2 split
+    "lokr_decompose_both": LoRASettings(adapter_type="lokr", rank=2, alpha=3.0, lokr_decompose_both=True),
+    "lokr_full_matrix": LoRASettings(adapter_type="lokr", rank=4, alpha=4.0, lokr_full_matrix=True),
+    "lokr_factor_4": LoRASettings(adapter_type="lokr", rank=2, alpha=5.0, lokr_factor=4),
+    "dora": LoRASettings(adapter_type="dora", rank=4, alpha=6.0),
+}
+
+
+@pytest.fixture(params=list(ADAPTERS))
+def adapter(request):
+    """(name, tiny DiT with that adapter, every trained tensor moved away from its init as training would)."""
+    torch.manual_seed(0)
+    dit = build_dit(TINY, device="cpu").requires_grad_(False)
+    apply_lora(dit, ADAPTERS[request.param])
+    init_lora_weights(dit, 7)
+    gen = torch.Generator().manual_seed(1)
+    with torch.no_grad():
+        for name, p in dit.named_parameters():
+            if p.requires_grad:
+                p.add_(0.3 * torch.randn(p.shape, generator=gen))
+    return request.param, dit
+
+
+def trained_weight(layer) -> torch.Tensor:
+    """W' of a trained PEFT layer, computed by PEFT itself (merge, read, unmerge)."""
+    layer.merge(adapter_names=["default"])
+    w = layer.get_base_layer().weight.detach().clone()
+    layer.unmerge()
+    return w
+
+
+def comfyui_weight(f: dict, x: str, w0: torch.Tensor) -> torch.Tensor:
+    """W' as ComfyUI computes it from the file's tensors, re-derived from ComfyUI's source at strength 1.
+
+    comfy/weight_adapter/lokr.py: w1 = lokr_w1 or w1_a@w1_b (dim = w1_b.shape[0]); w2 likewise (dim =
+    w2_b.shape[0], taking precedence); alpha = alpha/dim when a factor is split, else 1.0; W + alpha·kron(w1, w2).
+    lora.py: alpha/lora_down.shape[0], lora_diff = up@down; base.py weight_decompose (dora_scale with
+    out rows): (W + alpha·diff) · dora_scale / (‖W‖_row + eps), the norm of the base weight.
+    """
+    def get(part):
+        return f[f"{x}.{part}"].float() if f"{x}.{part}" in f else None
+
+    if get("lokr_w1") is not None or get("lokr_w1_a") is not None:
+        dim = None
+        w1 = get("lokr_w1")
+        if w1 is None:
+            dim, w1 = get("lokr_w1_b").shape[0], get("lokr_w1_a") @ get("lokr_w1_b")
+        w2 = get("lokr_w2")
+        if w2 is None:
+            dim, w2 = get("lokr_w2_b").shape[0], get("lokr_w2_a") @ get("lokr_w2_b")
+        alpha = float(get("alpha")) / dim if dim is not None else 1.0
+        return w0 + alpha * torch.kron(w1, w2).reshape(w0.shape)
+    down, up = get("lora_down.weight"), get("lora_up.weight")
+    alpha = float(get("alpha")) / down.shape[0]
+    weight_calc = w0 + alpha * (up @ down)
+    dora_scale = get("dora_scale")
+    if dora_scale is None:
+        return weight_calc
+    assert dora_scale.shape == (w0.shape[0], 1)
+    norm = w0.reshape(w0.shape[0], -1).norm(dim=1, keepdim=True) + torch.finfo(w0.dtype).eps
+    return weight_calc * (dora_scale / norm)
+
+
+def test_adapter_exports_read_back_bitwise(tmp_path, adapter):
+    kind, dit = adapter
+    weights = extract_lora(dit)
+    write_peft_folder(tmp_path / "peft", weights)
+    back = read_lora(tmp_path / "peft")
+    assert type(back) is type(weights) and back.adapter_type == weights.adapter_type == ADAPTERS[kind].adapter_type
+    assert list(back.modules) == list(weights.modules)
+    for path, parts in weights.modules.items():
+        got = back.modules[path]
+        pairs = zip(parts.values(), got.values()) if isinstance(parts, dict) else zip(parts, got)
+        assert all(torch.equal(a, b) for a, b in pairs), path
+        assert back.alpha[path] == weights.alpha[path] and back.rank(path) == weights.rank(path)
+    if weights.adapter_type == "dora":
+        assert all(torch.equal(back.magnitude[p], weights.magnitude[p]) for p in weights.modules)
+    write_comfyui_file(tmp_path / "comfy.safetensors", weights, dtype=torch.float32)
+    comfy = read_lora(tmp_path / "comfy.safetensors")
+    layers = lora_layers(dit)
+    for path in weights.modules:  # what ComfyUI's file holds, read by housevox, is the trained adapter
+        w0 = layers[to_diffusers_path(path)].get_base_layer().weight
+        torch.testing.assert_close(comfy.merged(path, w0), weights.merged(path, w0), rtol=0, atol=1e-6)
+
+
+def test_peft_loads_the_adapter_folder_with_original_names(tmp_path, adapter):
+    kind, dit = adapter
+    weights = extract_lora(dit)
+    write_peft_folder(tmp_path / "adapter", weights)
+    model = PeftModel.from_pretrained(original_names_tree(weights, base=dit), tmp_path / "adapter")
+    loaded = dict(model.named_modules())
+    trained = lora_layers(dit)
+    for path in weights.modules:
+        theirs, ours = loaded[f"base_model.model.{path}"], trained[to_diffusers_path(path)]
+        assert type(theirs) is type(ours), path
+        if weights.adapter_type == "dora":
+            torch.testing.assert_close(trained_weight(theirs), trained_weight(ours), rtol=0, atol=1e-5)
+        else:
+            torch.testing.assert_close(theirs.get_delta_weight("default"), ours.get_delta_weight("default"),
+                                       rtol=0, atol=1e-5)
+
+
+def test_comfyui_file_applies_the_trained_update_by_comfyuis_formulas(tmp_path, adapter):
+    kind, dit = adapter
+    weights = extract_lora(dit)
+    write_comfyui_file(tmp_path / "comfy.safetensors", weights, dtype=torch.float32)
+    f = load_file(tmp_path / "comfy.safetensors")
+    with safe_open(tmp_path / "comfy.safetensors", framework="pt") as fh:
+        assert CONVENTION_KEY in fh.metadata()
+    for diffusers_path, layer in lora_layers(dit).items():
+        x = f"base_model.model.{to_original_path(diffusers_path)}"
+        assert f"{x}.alpha" in f and f[f"{x}.alpha"].dtype == torch.float32
+        w0 = layer.get_base_layer().weight.detach()
+        got = comfyui_weight(f, x, w0)
+        torch.testing.assert_close(got, trained_weight(layer), rtol=0, atol=1e-5)
+        # the naive export (dora_scale = PEFT's magnitude) would be off: the check can fail
+        if kind == "dora":
+            naive = dict(f, **{f"{x}.dora_scale": weights.magnitude[to_original_path(diffusers_path)].view(-1, 1)})
+            assert (comfyui_weight(naive, x, w0) - trained_weight(layer)).abs().max() > 1e-3
+
+
+def test_lokr_with_full_factors_folds_alpha_where_comfyui_ignores_it(tmp_path):
+    dit = build_dit(TINY, device="cpu").requires_grad_(False)
+    apply_lora(dit, LoRASettings(adapter_type="lokr", rank=64, alpha=16.0))  # every factor full on the tiny model
+    init_lora_weights(dit, 3)
+    for layer in lora_layers(dit).values():
+        nn.init.normal_(layer.lokr_w1["default"])
+    weights = extract_lora(dit)
+    assert all(weights.is_full(p) for p in weights.modules)
+    write_comfyui_file(tmp_path / "c.safetensors", weights, dtype=torch.float32)
+    f = load_file(tmp_path / "c.safetensors")
+    p = "layers.0.self_attn.q_proj"
+    x = f"base_model.model.{p}"
+    assert torch.equal(f[f"{x}.lokr_w1"], weights.modules[p]["lokr_w1"] * 0.25) and float(f[f"{x}.alpha"]) == 64.0
+    back = read_lora(tmp_path / "c.safetensors")
+    assert back.alpha[p] / back.rank(p) == 1.0
+    fresh = build_dit(TINY, device="cpu")
+    load_lora_into(fresh, back)  # PEFT rebuilds the same all-full split from the ComfyUI file
+    torch.testing.assert_close(lora_layers(fresh)[to_diffusers_path(p)].get_delta_weight("default"),
+                               lora_layers(dit)[to_diffusers_path(p)].get_delta_weight("default"), rtol=0, atol=1e-6)
+
+
+@pytest.mark.parametrize("kind", ["lokr", "lokr_decompose_both", "lokr_factor_4"])
+def test_acestep_lokr_file_is_what_its_lycoris_loader_builds(tmp_path, kind):
+    """ACE-Step's handler (lifecycle.py) reads `lokr_config` from the header and builds LyCORIS LoKr with it;
+    LyCORIS splits like PEFT (PEFT copied its factorization) and scales like ComfyUI."""
+    torch.manual_seed(0)
+    dit = build_dit(TINY, device="cpu").requires_grad_(False)
+    apply_lora(dit, ADAPTERS[kind])
+    init_lora_weights(dit, 7)
+    with torch.no_grad():
+        for p in dit.parameters():
+            if p.requires_grad:
+                p.add_(0.3)
+    weights = extract_lora(dit)
+    file = write_acestep_lokr(tmp_path, weights)
+    assert file.name == "lokr_weights.safetensors"
+    with safe_open(file, framework="pt") as fh:
+        header = fh.metadata()
+    config = json.loads(header["lokr_config"])
+    settings = ADAPTERS[kind]
+    assert header["algo"] == "lokr" and header["format"] == "lycoris"
+    assert (config["linear_dim"], config["linear_alpha"], config["factor"], config["decompose_both"]) == \
+        (settings.rank, settings.alpha, settings.lokr_factor, settings.lokr_decompose_both)
+    f = load_file(file)
+    assert all(k.startswith("lycoris_layers_") for k in f)
+    for diffusers_path, layer in lora_layers(dit).items():
+        x = "lycoris_" + to_original_path(diffusers_path).replace(".", "_")
+        w0 = layer.get_base_layer().weight.detach()
+        torch.testing.assert_close(comfyui_weight(f, x, w0), trained_weight(layer), rtol=0, atol=1e-5)
+    assert open_lora(tmp_path).format == "acestep-lokr"
+    back = read_lora(tmp_path)
+    for p in weights.modules:
+        torch.testing.assert_close(back.delta(p), weights.delta(p), rtol=0, atol=1e-6)
+
+
+def test_lokr_and_dora_refuse_layouts_that_cannot_hold_them(tmp_path, adapter):
+    kind, dit = adapter
+    weights = extract_lora(dit)
+    with pytest.raises(HousevoxError, match="diffusers layout holds LoRA only"):
+        write_diffusers_file(tmp_path / "d.safetensors", weights)
+    if weights.adapter_type == "dora":
+        with pytest.raises(HousevoxError, match="LoKr only"):
+            write_acestep_lokr(tmp_path, weights)
+        write_peft_folder(tmp_path / "peft", weights)
+        with pytest.raises(HousevoxError, match="needs the base weights"):
+            write_comfyui_file(tmp_path / "c.safetensors", read_lora(tmp_path / "peft"))
+
+
+def test_dora_comfyui_file_loads_into_a_model_as_the_trained_dora(tmp_path):
+    torch.manual_seed(0)
+    dit = build_dit(TINY, device="cpu").requires_grad_(False)
+    apply_lora(dit, ADAPTERS["dora"])
+    with torch.no_grad():
+        for p in dit.parameters():
+            if p.requires_grad:
+                p.add_(0.2)
+    write_comfyui_file(tmp_path / "c.safetensors", extract_lora(dit), dtype=torch.float32)
+    fresh = build_dit(TINY, device="cpu")
+    fresh.load_state_dict({k.replace(".base_layer", ""): v for k, v in dit.state_dict().items()}, strict=False)
+    load_lora_into(fresh, read_lora(tmp_path / "c.safetensors"))  # magnitude recovered from the base weights
+    for name, layer in lora_layers(dit).items():
+        torch.testing.assert_close(trained_weight(lora_layers(fresh)[name]), trained_weight(layer), rtol=0, atol=1e-5)
+
+
+def test_mixed_adapter_types_in_one_file_are_refused(tmp_path):
+    tensors = {"base_model.model.layers.0.mlp.up_proj.lokr_w1": torch.zeros(4, 4),
+               "base_model.model.layers.0.mlp.up_proj.lokr_w2": torch.zeros(4, 4),
+               "base_model.model.layers.0.mlp.down_proj.lora_down.weight": torch.zeros(2, 8),
+               "base_model.model.layers.0.mlp.down_proj.lora_up.weight": torch.zeros(8, 2)}
+    save_file(tensors, tmp_path / "mixed.safetensors")
+    with pytest.raises(HousevoxError, match="mixed.safetensors: mixes adapter types"):
+        read_lora(tmp_path / "mixed.safetensors")

@@ -1,4 +1,4 @@
-"""Target resolution (names → exact DiT modules), LoRA injection and the LoRA scale."""
+"""Target resolution (names → exact DiT modules), LoRA/LoKr/DoRA injection, seeded init and the LoRA scale."""
 
 import logging
 
@@ -9,7 +9,9 @@ from housevox.acestep.config import AceStepConfig
 from housevox.acestep.modules import build_dit
 from housevox.acestep.presets import PRESETS
 from housevox.errors import HousevoxError
-from housevox.lora import LoRASettings, apply_lora, resolve_targets, set_lora_scale, to_diffusers_path, to_original_path
+from housevox.lora import LoRASettings, apply_lora, init_lora_weights, resolve_targets, set_lora_scale
+from housevox.lora import to_diffusers_path, to_original_path
+from housevox.lora.targets import lora_layers
 
 SEED_TARGETS = "q_proj k_proj v_proj o_proj w1 w2 c_proj gate_proj up_proj down_proj"
 
@@ -68,6 +70,12 @@ def test_path_rename_rejects_non_adaptable_modules(bad):
         ("attention_type", {"attention_type": "all"}),
         ("bias", {"bias": "all"}),
         ("target_modules_str", {"target_modules_str": "  "}),
+        ("adapter_type", {"adapter_type": "loha"}),
+        ("lokr_factor", {"lokr_factor": 4}),  # a LoKr option on a LoRA
+        ("lokr_factor", {"adapter_type": "lokr", "lokr_factor": 0}),
+        ("lokr_rank_dropout", {"adapter_type": "lokr", "lokr_rank_dropout": 1.0}),
+        ("lokr_full_matrix", {"adapter_type": "lokr", "lokr_full_matrix": True, "lokr_decompose_both": True}),
+        ("dropout", {"adapter_type": "lokr", "dropout": 0.1}),
     ],
 )
 def test_settings_validation_names_the_field(field, kwargs):
@@ -149,3 +157,55 @@ def test_scale_zero_is_exactly_the_base_and_scale_is_absolute():
 def test_set_lora_scale_without_adapters_fails():
     with pytest.raises(HousevoxError, match="no LoRA adapters"):
         set_lora_scale(tiny_dit(), 0.5)
+
+
+@pytest.mark.parametrize("settings", [
+    LoRASettings(adapter_type="lokr", rank=128, alpha=128),
+    LoRASettings(adapter_type="lokr", rank=8, alpha=8, lokr_decompose_both=True, lokr_factor=8),
+    LoRASettings(adapter_type="dora", rank=128, alpha=128),
+], ids=["lokr-r128", "lokr-r8-both-f8", "dora-r128"])
+def test_planned_parameter_count_is_what_peft_creates_on_xl(settings):
+    """The plan's size arithmetic (lint, inspect) against the parameters PEFT really injects (1 XL layer, meta)."""
+    raw = {**PRESETS["xl"], "num_hidden_layers": 1, "layer_types": PRESETS["xl"]["layer_types"][:1]}
+    dit = build_dit(AceStepConfig.from_upstream(raw), device="meta")
+    plan = resolve_targets(dit, settings)
+    lora = resolve_targets(dit, LoRASettings(rank=settings.rank, alpha=settings.alpha)).lora_params
+    apply_lora(dit, settings)
+    assert plan.lora_params == sum(p.numel() for p in dit.parameters() if p.requires_grad)
+    assert (plan.lora_params < lora) if settings.adapter_type == "lokr" else (plan.lora_params == lora + 2 * 4096 + 2 * 1024 * 2 + 2 * 2560 + 2 * 9728 + 2560)
+
+
+def _initial_factors(settings, seed, target_modules_str=None, global_seed=0):
+    torch.manual_seed(global_seed)  # the global RNG must not matter
+    dit = tiny_dit()
+    if target_modules_str:
+        settings = LoRASettings(**{**settings.__dict__, "target_modules_str": target_modules_str})
+    apply_lora(dit, settings)
+    init_lora_weights(dit, seed)
+    return dit, {n: p.detach().clone() for n, p in dit.named_parameters() if p.requires_grad}
+
+
+@pytest.mark.parametrize("settings", [
+    LoRASettings(adapter_type="lokr", rank=4, alpha=4),
+    LoRASettings(adapter_type="lokr", rank=2, alpha=2, lokr_decompose_both=True),
+    LoRASettings(adapter_type="dora", rank=4, alpha=4),
+], ids=["lokr", "lokr-decompose-both", "dora"])
+def test_lokr_and_dora_init_depends_only_on_the_run_seed(settings):
+    dit, first = _initial_factors(settings, seed=7)
+    _, again = _initial_factors(settings, seed=7, global_seed=99)
+    _, fewer = _initial_factors(settings, seed=7, target_modules_str="q_proj up_proj", global_seed=5)
+    _, other = _initial_factors(settings, seed=8)
+    assert first.keys() == again.keys() and all(torch.equal(first[k], again[k]) for k in first)
+    assert fewer and all(torch.equal(t, first[k]) for k, t in fewer.items())  # independent of the other modules
+    random = [k for k, t in first.items() if t.abs().sum() > 0 and "magnitude" not in k]
+    assert random and all(not torch.equal(first[k], other[k]) for k in random)
+    x = tiny_inputs()
+    with torch.no_grad():  # PEFT's init law: the update starts at zero
+        adapted = dit(*x)
+        set_lora_scale(dit, 0.0)
+        if settings.adapter_type == "lokr":
+            torch.testing.assert_close(adapted, dit(*x), rtol=0, atol=0)
+        else:  # DoRA at scale 0 still rescales by m/‖W‖, which at init is 1
+            torch.testing.assert_close(adapted, dit(*x), rtol=0, atol=1e-5)
+    assert all(p.dtype == torch.float32 for n, p in dit.named_parameters() if p.requires_grad)
+    assert {type(layer).__name__ for layer in lora_layers(dit).values()} == {"Linear"}

@@ -1,5 +1,6 @@
 """Training end to end on the tiny model: exact resume after SIGKILL, logs, checkpoints, 8-bit state, errors."""
 
+import json
 import os
 import signal
 import subprocess
@@ -134,6 +135,9 @@ def test_resume_without_checkpoint_exits_2(tmp_path, tiny_checkpoint, tiny_segme
     (["--model.optimizer_type", "sgd"], "optimizer_type"),
     (["--model.checkpoint_dir", "/nonexistent/acestep"], "/nonexistent/acestep"),
     (["--model.attention_typo", "x"], "attention_typo"),
+    (["--model.adapter_type", "loha"], "adapter_type"),
+    (["--model.lokr_factor", "4"], "lokr_factor"),  # a LoKr option on the default LoRA
+    (["--model.adapter_type", "lokr", "--model.quantize_base", "nf4"], "quantize_base"),
 ])
 def test_bad_config_values_name_the_field(tmp_path, tiny_checkpoint, tiny_segments, capsys, override, field):
     config = write_config(tmp_path / "cfg.yaml", tiny_checkpoint, tiny_segments)
@@ -206,3 +210,102 @@ def test_init_lora_starts_from_an_exported_file(reference_run, tiny_checkpoint):
     wrong_rank = HouseVoxLoRA(str(tiny_checkpoint), rank=8, alpha=8, init_lora=str(exported))
     with pytest.raises(HousevoxError, match="rank"):
         wrong_rank.configure_model()
+
+
+def trained_from_checkpoint(module, ckpt: dict):
+    """The module's DiT with the checkpoint's adapter tensors: the trained model, as training left it."""
+    module.configure_model()
+    missing = module.load_state_dict(ckpt["state_dict"], strict=False)
+    assert not missing.unexpected_keys
+    return module
+
+
+def assert_peft_folder_is_the_trained_adapter(folder: Path, module, ckpt: dict, tol: float = 1e-5):
+    """The PEFT folder holds the checkpoint's tensors bitwise, and PEFT itself (on ACE-Step's module names)
+    computes the trained model's weights from it."""
+    from peft import PeftModel
+
+    from housevox.lora import read_lora, to_diffusers_path
+    from housevox.lora.targets import lora_layers
+    from test_lora_formats import original_names_tree, trained_weight
+
+    state = {k.removeprefix("dit."): v for k, v in ckpt["state_dict"].items()}
+    weights = read_lora(folder)
+    for path in weights.modules:
+        prefix = to_diffusers_path(path)
+        theirs = {k: v for k, v in state.items() if k.startswith(prefix + ".")}
+        ours = weights.modules[path]
+        ours = list(ours.values()) if isinstance(ours, dict) else [*ours, *([weights.magnitude[path]] if path in weights.magnitude else [])]
+        assert len(theirs) == len(ours) and all(any(torch.equal(t, o) for t in theirs.values()) for o in ours), path
+    peft_model = PeftModel.from_pretrained(original_names_tree(weights, base=module.dit), folder)
+    loaded = dict(peft_model.named_modules())
+    for name, layer in lora_layers(module.dit).items():
+        from housevox.lora import to_original_path
+
+        got = trained_weight(loaded[f"base_model.model.{to_original_path(name)}"])
+        torch.testing.assert_close(got, trained_weight(layer), rtol=0, atol=tol)
+    return weights
+
+
+@pytest.mark.slow
+def test_seed_json_lokr_preset_exports_for_peft_comfyui_and_ace_step(tmp_path, tiny_checkpoint, tiny_segments):
+    """The seed's V2 JSON with `adapter_type: lokr` via --preset: one optimizer step, then every export is the trained LoKr."""
+    from housevox.lora import read_lora
+    from housevox.train.module import HouseVoxLoRA
+    from test_lora_formats import comfyui_weight
+
+    seed = json.loads((ROOT / "configs" / "seed_v2.json").read_text())
+    (tmp_path / "lokr.json").write_text(json.dumps({**seed, "adapter_type": "lokr"}))
+    result = run_fit_preset(tmp_path / "lokr.json", tmp_path, "--model.checkpoint_dir", str(tiny_checkpoint),
+                            "--data.segments_dir", str(tiny_segments), "--trainer.max_epochs", "1",
+                            "--trainer.limit_train_batches", "4", "--trainer.limit_val_batches", "1",
+                            "--trainer.accelerator", "cpu", "--trainer.enable_progress_bar", "false",
+                            "--run_name", "zz")  # sorts after lokr_weights.safetensors
+    assert result.returncode == 0, result.stderr[-3000:]
+    run = tmp_path / "lightning_logs" / "zz"
+    ckpt = torch.load(run / "checkpoints" / "last.ckpt", weights_only=True)
+    assert ckpt["global_step"] == 1 and ckpt["housevox"]["adapter_type"] == "lokr"
+    from housevox.report import save_points
+
+    assert [p.comfyui_file.name for p in save_points(run)] == ["zz_epoch_001.safetensors"]
+    assert ckpt["state_dict"] and all(".lokr_" in k for k in ckpt["state_dict"])
+    module = trained_from_checkpoint(HouseVoxLoRA(str(tiny_checkpoint), rank=128, alpha=128, adapter_type="lokr"), ckpt)
+    export = run / "lora" / "epoch_001"
+    weights = assert_peft_folder_is_the_trained_adapter(export / "adapter", module, ckpt)
+    assert read_lora(export / "zz_epoch_001.safetensors").metadata["adapter_type"] == "lokr"
+    ace = load_file(export / "lokr_weights.safetensors")
+    from housevox.lora import to_original_path
+    from housevox.lora.targets import lora_layers
+
+    for name, layer in lora_layers(module.dit).items():
+        w0, delta = layer.get_base_layer().weight, layer.get_delta_weight("default")
+        got = comfyui_weight(ace, "lycoris_" + to_original_path(name).replace(".", "_"), w0)
+        torch.testing.assert_close(got - w0, delta, rtol=0, atol=1e-5)
+    assert weights.adapter_type == "lokr"
+
+
+@pytest.mark.slow
+def test_dora_run_exports_and_refuses_a_resume_as_another_type(tmp_path, tiny_checkpoint, tiny_segments):
+    from housevox.lora import to_original_path
+    from housevox.lora.targets import lora_layers
+    from housevox.train.module import HouseVoxLoRA
+    from test_lora_formats import comfyui_weight, trained_weight
+
+    config = write_config(tmp_path / "cfg.yaml", tiny_checkpoint, tiny_segments, adapter_type="dora")
+    result = run_fit(config, tmp_path, "--trainer.max_epochs", "1")
+    assert result.returncode == 0, result.stderr[-3000:]
+    run = tmp_path / "lightning_logs" / "t"
+    ckpt = torch.load(run / "checkpoints" / "last.ckpt", weights_only=True)
+    assert ckpt["housevox"]["adapter_type"] == "dora" and any("lora_magnitude_vector" in k for k in ckpt["state_dict"])
+    module = trained_from_checkpoint(HouseVoxLoRA(str(tiny_checkpoint), rank=4, alpha=8, adapter_type="dora"), ckpt)
+    assert_peft_folder_is_the_trained_adapter(run / "lora" / "epoch_001" / "adapter", module, ckpt)
+    comfy = load_file(run / "lora" / "epoch_001" / "t_epoch_001.safetensors")  # bf16, as ComfyUI users get it
+    for name, layer in lora_layers(module.dit).items():
+        x = f"base_model.model.{to_original_path(name)}"
+        assert comfy[f"{x}.dora_scale"].shape == (layer.get_base_layer().out_features, 1)
+        want = trained_weight(layer)
+        got = comfyui_weight(comfy, x, layer.get_base_layer().weight)
+        torch.testing.assert_close(got, want, rtol=0, atol=0.01 * want.abs().max().item())
+    for other in ({"adapter_type": "lora"}, {"adapter_type": "lokr", "dropout": 0.0}):
+        with pytest.raises(HousevoxError, match="cannot resume.*different adapter_type"):
+            HouseVoxLoRA(str(tiny_checkpoint), rank=4, alpha=8, **other).on_load_checkpoint(dict(ckpt))

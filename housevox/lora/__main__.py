@@ -13,7 +13,8 @@ import yaml
 from housevox.errors import HousevoxError, UsageError, run_cli
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
-_LORA_FIELDS = ("rank", "alpha", "dropout", "target_modules_str", "attention_type", "bias")
+_LORA_FIELDS = ("rank", "alpha", "dropout", "target_modules_str", "attention_type", "bias", "adapter_type",
+                "lokr_factor", "lokr_decompose_both", "lokr_full_matrix", "lokr_rank_dropout")
 _SEED_NAMES = {"epochs": "max_epochs", "gradient_accumulation": "accumulate_grad_batches"}
 GPU_CHOICES = ("rtx3090", "rtx4090", "l4", "a100-40gb", "a100-80gb", "h100", "h200")  # housevox.train.memory.GPUS
 DEFAULT_CFG_RATIO = 0.15  # assumed when a config does not say (the usual base-model value)
@@ -106,7 +107,8 @@ def cmd_lint(args) -> int:
     total = total_optimizer_steps(run)
     warnings = lint_run(
         settings, model_version=model_version, total_steps=total, plan=plan,
-        save_dtype=DTYPES[args.lora_dtype], scheduler_type=run.get("scheduler_type", "cosine_restarts"), **numbers,
+        save_dtype=DTYPES[args.lora_dtype], scheduler_type=run.get("scheduler_type", "cosine_restarts"),
+        quantize_base=run.get("quantize_base", "none"), **numbers,
     )
     memory_notes, memory_warnings = _memory_lint(path, run, cfg, args)
     warnings += memory_warnings
@@ -152,12 +154,11 @@ def cmd_inspect(args) -> int:
 
 
 def cmd_convert(args) -> int:
-    from housevox.lora.formats import read_lora, write_comfyui_file, write_diffusers_file, write_peft_folder
+    from housevox.lora.formats import WRITERS, read_lora
 
     weights = read_lora(args.src)
-    dtype = DTYPES[args.lora_dtype] if args.lora_dtype else next(iter(weights.modules.values()))[0].dtype
-    writer = {"peft": write_peft_folder, "comfyui": write_comfyui_file, "diffusers": write_diffusers_file}[args.to]
-    out = writer(args.out, weights.to(dtype), dtype=dtype)
+    dtype = DTYPES[args.lora_dtype] if args.lora_dtype else weights.dtype
+    out = WRITERS[args.to](args.out, weights.to(dtype), dtype=dtype)
     print(f"wrote {out} ({args.to}, {len(weights.modules)} modules, {str(dtype).removeprefix('torch.')})")
     return 0
 
@@ -165,8 +166,8 @@ def cmd_convert(args) -> int:
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m housevox.lora", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
-    p = sub.add_parser("inspect", help="format, ranks, alphas, modules, parameters and the file-size arithmetic")
-    p.add_argument("path", help="LoRA .safetensors file or PEFT adapter folder")
+    p = sub.add_parser("inspect", help="format, adapter type, ranks, alphas, modules, parameters and the size arithmetic")
+    p.add_argument("path", help="LoRA/LoKr/DoRA .safetensors file, PEFT adapter folder or ACE-Step LoKr folder")
     p.set_defaults(func=cmd_inspect)
     p = sub.add_parser("lint", help="warn about a run config before training (alpha/rank, targets, CFG, schedule)")
     p.add_argument("--config", required=True, help="LightningCLI YAML or the seed's flat JSON")
@@ -176,10 +177,12 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
                    help="warn when the predicted peak exceeds this, naming the cheapest change that fits")
     p.add_argument("--gpu", choices=GPU_CHOICES, help="card for the step time (and the budget, without --gpu-memory)")
     p.set_defaults(func=cmd_lint)
-    p = sub.add_parser("convert", help="rewrite a LoRA in another layout, losslessly")
-    p.add_argument("src", help="LoRA file or PEFT folder (any of the three layouts)")
-    p.add_argument("--to", required=True, choices=("peft", "comfyui", "diffusers"))
-    p.add_argument("--out", required=True, help="output folder (peft) or .safetensors file")
+    p = sub.add_parser("convert", help="rewrite an adapter in another layout, losslessly")
+    p.add_argument("src", help="adapter file or folder (any layout)")
+    p.add_argument("--to", required=True, choices=("peft", "comfyui", "diffusers", "acestep-lokr"),
+                   help="diffusers: LoRA only; acestep-lokr: LoKr only; DoRA between peft and comfyui needs the "
+                        "base weights, so export those from training")
+    p.add_argument("--out", required=True, help="output folder (peft, acestep-lokr) or .safetensors file")
     p.add_argument("--lora-dtype", choices=DTYPES, default=None, help="default: keep the source dtype")
     p.set_defaults(func=cmd_convert)
     return parser.parse_args(argv)

@@ -1,19 +1,27 @@
-"""`inspect`: what a LoRA file holds and why it is the size it is, from its header alone.
+"""`inspect`: what an adapter file holds and why it is the size it is, from its header alone.
 
-The seed blamed alpha for a file size; the size is Σ r·(in+out) parameters times the
-bytes per value, so printing that arithmetic settles such questions.
+The seed blamed alpha for a file size; the size is the number of trained values times the
+bytes per value (LoRA: Σ r·(in+out); LoKr: the Kronecker factors' sizes; DoRA: LoRA plus one
+magnitude per output row), so printing that arithmetic settles such questions.
 """
 
+import math
 from collections import Counter
 
-from housevox.lora.formats import LoRAFile
-from housevox.lora.targets import module_kind
+from housevox.lora.formats import CONVENTION_KEY, LoRAFile
+from housevox.lora.targets import ADAPTER_NAMES, module_kind
 
 _BYTES = {"F64": 8, "F32": 4, "BF16": 2, "F16": 2, "F8_E4M3": 1, "F8_E5M2": 1}
 _FORMAT_NAMES = {
     "peft": "PEFT adapter (ACE-Step, ComfyUI)",
-    "comfyui": "ComfyUI single file (lora_down/lora_up/alpha)",
+    "comfyui": "ComfyUI single file (ComfyUI key names, .alpha per module)",
     "diffusers": "diffusers (AceStepPipeline.load_lora_weights)",
+    "acestep-lokr": "ACE-Step LoKr file (its handler's LyCORIS loader)",
+}
+_SIZE_DRIVERS = {
+    "lora": "rank, targets and dtype do",
+    "dora": "rank, targets and dtype do (DoRA adds one magnitude per output row)",
+    "lokr": "lokr_factor, the rank of split factors, targets and dtype do",
 }
 
 
@@ -23,31 +31,53 @@ def _range(values) -> str:
     return f"{lo:g}" if lo == hi else f"{lo:g}..{hi:g}"
 
 
+def _dims(shape: tuple[int, ...]) -> str:
+    return "x".join(map(str, shape))
+
+
+def _formula(kind: str, rank: int, parts: dict[str, tuple[int, ...]]) -> str:
+    """How one module's value count is made up, in the adapter type's own terms."""
+    if kind == "lokr":
+        sides = []
+        for side in ("w1", "w2"):
+            full = parts.get(f"lokr_{side}")
+            split = f"{_dims(parts[f'lokr_{side}_a'])}+{_dims(parts[f'lokr_{side}_b'])}" if full is None else None
+            sides.append(f"{side} {_dims(full)}" if full is not None else f"{side} {split} (rank {rank})")
+        return " + ".join(sides)
+    (r, n_in), (n_out, _) = parts["A"], parts["B"]
+    formula = f"{r}*({n_in}+{n_out})"
+    return formula + f" + {n_out} (magnitude)" if kind == "dora" else formula
+
+
 def describe(lf: LoRAFile) -> list[str]:
     """The inspect report as lines."""
-    shapes = lf.shapes
-    ranks = {m: a[0] for m, (a, _) in shapes.items()}
+    shapes, kind = lf.shapes, lf.adapter_type
+    counts = {m: sum(math.prod(s) for s in parts.values()) for m, parts in shapes.items()}
+    params = lf.params
     kinds = Counter(module_kind(m) for m in shapes)
-    params = sum(r * (shapes[m][0][1] + shapes[m][1][0]) for m, r in ranks.items())
     layers = sorted({int(m.split(".")[1]) for m in shapes})
-    scales = [lf.alpha[m] / r for m, r in ranks.items()]
+    scales = [lf.scale(m) for m in shapes]
     lines = [
         f"file: {lf.file}",
         f"format: {_FORMAT_NAMES[lf.format]}",
+        f"adapter: {ADAPTER_NAMES[kind]}",
         f"modules: {len(shapes)} (self {kinds['self']} / cross {kinds['cross']} / mlp {kinds['mlp']}), "
         f"layers {layers[0]}..{layers[-1]}",
-        f"rank: {_range(ranks.values())}  alpha: {_range(lf.alpha.values())} ({lf.alpha_source})  "
+        f"rank: {_range(lf.ranks.values())}  alpha: {_range(lf.alpha.values())} ({lf.alpha_source})  "
         f"scale alpha/r: {_range(round(s, 4) for s in scales)}",
         f"dtype: {', '.join(f'{d} ({n} tensors)' for d, n in sorted(lf.dtypes.items()))}",
-        f"parameters: {params:,} = sum over modules of r*(in+out):",
+        f"parameters: {params:,} = sum over modules of {'r*(in+out)' if kind == 'lora' else 'their tensors'}:",
     ]
     groups = Counter()
-    for m, r in ranks.items():
+    for m, parts in shapes.items():
         block, name = m.split(".")[2:4]
-        groups[(block, name, r, shapes[m][0][1], shapes[m][1][0])] += 1
-    for (block, name, r, n_in, n_out), count in groups.items():
-        each = r * (n_in + n_out)
-        lines.append(f"  {block}.{name}: {r}*({n_in}+{n_out}) = {each:,} x {count} = {each * count:,}")
+        groups[(block, name, _formula(kind, lf.ranks[m], parts), counts[m])] += 1
+    for (block, name, formula, each), count in groups.items():
+        lines.append(f"  {block}.{name}: {formula} = {each:,} x {count} = {each * count:,}")
+    if kind == "lokr":
+        full = sum(1 for parts in shapes.values() if {"lokr_w1", "lokr_w2"} <= set(parts))
+        lines.append(f"  {full} of {len(shapes)} modules have both factors full: ComfyUI and LyCORIS apply scale 1 "
+                     "there and ignore alpha (housevox folds PEFT's alpha/r into lokr_w1 in those files)")
     per_value = {_BYTES.get(d) for d in lf.dtypes}
     if len(per_value) == 1 and None not in per_value:
         nbytes = per_value.pop()
@@ -59,8 +89,10 @@ def describe(lf: LoRAFile) -> list[str]:
         lines.append(line)
     lines.append(
         f"  (bf16 {params * 2 / 1e6:.1f} MB, fp32 {params * 4 / 1e6:.1f} MB.) alpha is one number per module and "
-        "only scales the update by alpha/r: it never changes the file size; rank, targets and dtype do."
+        f"only scales the update by alpha/r: it never changes the file size; {_SIZE_DRIVERS[kind]}."
     )
+    if CONVENTION_KEY in lf.header:
+        lines.append(f"convention: {lf.header[CONVENTION_KEY]}")
     if lf.metadata:
         lines.append("metadata:")
         lines += [f"  {k}: {v}" for k, v in sorted(lf.metadata.items())]

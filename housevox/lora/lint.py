@@ -1,14 +1,15 @@
-"""Warnings about a LoRA run's settings, before any GPU time is spent.
+"""Warnings about an adapter run's settings, before any GPU time is spent.
 
 The seed's V1 run trained at alpha 6 with rank 128 (update scale 0.047) and blamed
 the file size; its targets named modules ACE-Step does not have. Both are visible
-from the config alone, as are a few schedule mistakes.
+from the config alone, as are a few schedule mistakes and LoKr/DoRA settings that
+PEFT or the loaders handle badly.
 """
 
 
 import torch
 
-from housevox.lora.targets import ORIGINAL_TO_DIFFUSERS, LoRASettings, TargetPlan
+from housevox.lora.targets import ADAPTER_NAMES, ORIGINAL_TO_DIFFUSERS, LoRASettings, TargetPlan, lokr_full_modules
 from housevox.train.schedule import restart_steps
 
 _WEAK_OR_STRONG = 4.0  # alpha/r this far from 1 (either way) is almost always a typo
@@ -54,12 +55,13 @@ def lint_run(
     inference_steps: int = 50,
     max_epochs: int | None = None,
     segments_per_step: int = 1,
+    quantize_base: str = "none",
 ) -> list[str]:
     """Human-readable warnings; an empty list means nothing looks wrong."""
-    warnings = []
+    warnings = adapter_warnings(settings, plan, quantize_base)
     r, alpha = settings.rank, settings.alpha
     ratio = settings.scale
-    if ratio <= 1 / _WEAK_OR_STRONG or ratio >= _WEAK_OR_STRONG:
+    if not settings.lokr_full_matrix and (ratio <= 1 / _WEAK_OR_STRONG or ratio >= _WEAK_OR_STRONG):
         factor, direction = (1 / ratio, "weaker") if ratio < 1 else (ratio, "stronger")
         warnings.append(
             f"alpha {alpha:g} with rank {r}: scale alpha/r = {alpha:g}/{r} = {ratio:.3f}, so every LoRA update is "
@@ -101,16 +103,42 @@ def lint_run(
     return warnings
 
 
+def adapter_warnings(settings: LoRASettings, plan: TargetPlan | None, quantize_base: str) -> list[str]:
+    """What is known to go wrong with a LoKr or DoRA setting (PEFT 0.18, ComfyUI's loaders)."""
+    warnings = []
+    if settings.adapter_type == "lokr" and quantize_base == "nf4":
+        warnings.append("adapter_type lokr on an nf4 base: PEFT's LoKr reshapes its update to the packed 4-bit weight "
+                        "and fails at the first step; use quantize_base int8 or none")
+    if settings.adapter_type == "dora" and quantize_base != "none":
+        warnings.append(f"adapter_type dora on a {quantize_base} base: PEFT dequantises every adapted weight at each "
+                        "step for DoRA's norm, which takes back much of the memory and time quantize_base saves, and "
+                        "the exported dora_scale is computed from the dequantised (not the original) base weights")
+    full = lokr_full_modules(settings, plan) if settings.adapter_type == "lokr" and plan else []
+    if full and not settings.lokr_full_matrix and settings.scale != 1:
+        warnings.append(
+            f"LoKr rank {settings.rank}: {len(full)} of {len(plan.module_paths)} modules keep both Kronecker factors "
+            f"full (PEFT does when r >= half a factor's size), where ComfyUI and LyCORIS ignore alpha and apply scale 1 "
+            f"while PEFT applies alpha/r = {settings.scale:.3f}; housevox folds alpha/r into lokr_w1 in its ComfyUI and "
+            "ACE-Step files, other tools' exports of such a LoKr load at the wrong strength. rank does not change "
+            "those modules' size: set alpha = rank, or lokr_full_matrix"
+        )
+    return warnings
+
+
 def lint_notes(
     settings: LoRASettings, *, plan: TargetPlan | None, total_steps: int | None, save_dtype: torch.dtype = torch.bfloat16
 ) -> list[str]:
     """Informational lines: the update scale, the adapted modules and the file size that follows."""
-    notes = [f"scale alpha/r = {settings.alpha:g}/{settings.rank} = {settings.scale:.3f}"]
+    scale = "1 (lokr_full_matrix)" if settings.lokr_full_matrix else \
+        f"alpha/r = {settings.alpha:g}/{settings.rank} = {settings.scale:.3f}"
+    notes = [f"adapter: {ADAPTER_NAMES[settings.adapter_type]}, scale {scale}"]
     if plan is not None and plan.module_paths:
         c = plan.counts
+        sizes_of = {"lora": "r*(in+out)", "dora": "r*(in+out) + out (magnitude)",
+                    "lokr": "the Kronecker factors' sizes (housevox.lora inspect breaks them down)"}
         notes.append(
             f"{len(plan.module_paths)} modules adapted (self {c['self']} / cross {c['cross']} / mlp {c['mlp']}), "
-            f"{plan.lora_params:,} LoRA parameters = sum of r*(in+out)"
+            f"{plan.lora_params:,} adapter parameters = sum of {sizes_of[settings.adapter_type]}"
         )
         sizes = ", ".join(f"{size_mb(plan.lora_params, d):.1f} MB in {str(d).removeprefix('torch.')}"
                           for d in dict.fromkeys((save_dtype, torch.bfloat16, torch.float32)))

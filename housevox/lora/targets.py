@@ -1,4 +1,4 @@
-"""Which DiT Linears get LoRA adapters, and putting PEFT adapters on them.
+"""Which DiT Linears get adapters (LoRA, LoKr or DoRA), and putting PEFT adapters on them.
 
 Users name targets the way ACE-Step does (`q_proj ... down_proj`); housevox runs
 diffusers' network, whose attention Linears are `to_q/to_k/to_v/to_out.0`. PEFT
@@ -6,6 +6,7 @@ silently ignores names that match nothing (the seed's `w1 w2 c_proj`), so we
 resolve names to exact module paths ourselves and report what did not match.
 """
 
+import functools
 import logging
 import math
 import re
@@ -13,7 +14,9 @@ from collections import Counter
 from dataclasses import dataclass, field
 
 import torch
-from peft import LoraConfig, inject_adapter_in_model
+from peft import LoKrConfig, LoraConfig, PeftConfig, inject_adapter_in_model
+from peft.tuners.lokr import LoKrLayer
+from peft.tuners.lokr import Linear as LoKrLinear
 from peft.tuners.lora import LoraLayer
 from torch import nn
 
@@ -23,6 +26,10 @@ from housevox.seeding import derived_generator
 log = logging.getLogger("housevox")
 
 ADAPTER = "default"
+ADAPTER_TYPES = ("lora", "lokr", "dora")
+ADAPTER_NAMES = {"lora": "LoRA", "lokr": "LoKr", "dora": "DoRA"}
+LOKR_PARTS = ("lokr_w1", "lokr_w1_a", "lokr_w1_b", "lokr_w2", "lokr_w2_a", "lokr_w2_b")
+_ADAPTER_PARAM = re.compile(r"\.(lora_|lokr_)")  # PEFT's parameter names: lora_A/B, lora_magnitude_vector, lokr_w*
 ORIGINAL_TO_DIFFUSERS = {
     "q_proj": "to_q",
     "k_proj": "to_k",
@@ -77,7 +84,13 @@ def module_sort_key(path: str) -> tuple[int, int, int]:
 
 @dataclass
 class LoRASettings:
-    """The seed's LoRA fields, validated so a typo fails before any model is loaded."""
+    """The seed's adapter fields, validated so a typo fails before any model is loaded.
+
+    LoKr (`adapter_type: lokr`) uses rank/alpha as PEFT's LoKrConfig r/alpha; its own knobs are
+    the Kronecker split (`lokr_factor`, -1 = near the square root), whether the small factor is
+    low-rank too (`lokr_decompose_both`), both factors full (`lokr_full_matrix`: LyCORIS's
+    full_matrix, scale 1, rank and alpha unused) and rank dropout (off by default).
+    """
 
     rank: int = 128
     alpha: float = 128.0
@@ -85,8 +98,22 @@ class LoRASettings:
     target_modules_str: str = "q_proj k_proj v_proj o_proj gate_proj up_proj down_proj"
     attention_type: str = "both"  # both|self|cross
     bias: str = "none"
+    adapter_type: str = "lora"  # lora|lokr|dora
+    lokr_factor: int = -1
+    lokr_decompose_both: bool = False
+    lokr_full_matrix: bool = False
+    lokr_rank_dropout: float = 0.0
 
     def __post_init__(self):
+        if self.adapter_type not in ADAPTER_TYPES:
+            raise HousevoxError(f"adapter_type: must be one of {', '.join(ADAPTER_TYPES)}; got {self.adapter_type!r}")
+        lokr_options = {"lokr_factor": self.lokr_factor != -1, "lokr_decompose_both": self.lokr_decompose_both,
+                        "lokr_full_matrix": self.lokr_full_matrix, "lokr_rank_dropout": self.lokr_rank_dropout != 0}
+        if self.adapter_type != "lokr" and any(lokr_options.values()):
+            raise HousevoxError(f"{next(k for k, v in lokr_options.items() if v)}: only for adapter_type lokr, "
+                                f"not {self.adapter_type}")
+        if self.adapter_type == "lokr":
+            self._check_lokr()
         if not isinstance(self.rank, int) or isinstance(self.rank, bool) or self.rank <= 0:
             raise HousevoxError(f"rank: must be a positive integer, got {self.rank!r}")
         if not self.alpha > 0:
@@ -101,13 +128,60 @@ class LoRASettings:
         if not self.target_names:
             raise HousevoxError("target_modules_str: empty, name at least one module (e.g. q_proj)")
 
+    def _check_lokr(self):
+        if not (self.lokr_factor == -1 or (isinstance(self.lokr_factor, int) and self.lokr_factor > 0)):
+            raise HousevoxError(f"lokr_factor: -1 (automatic) or a positive integer, got {self.lokr_factor!r}")
+        if not 0.0 <= self.lokr_rank_dropout < 1.0:
+            raise HousevoxError(f"lokr_rank_dropout: must be in [0, 1), got {self.lokr_rank_dropout!r}")
+        if self.lokr_full_matrix and self.lokr_decompose_both:
+            raise HousevoxError("lokr_full_matrix: excludes lokr_decompose_both (full factors vs low-rank ones)")
+        if self.dropout:
+            raise HousevoxError("dropout: PEFT's LoKr has no input dropout; set dropout 0 (lokr_rank_dropout exists)")
+
     @property
     def target_names(self) -> list[str]:
         return list(dict.fromkeys(self.target_modules_str.split()))
 
     @property
+    def peft_rank(self) -> int:
+        """PEFT's r: for a full-matrix LoKr one large enough that PEFT keeps every factor full."""
+        return _FULL_MATRIX_RANK if self.lokr_full_matrix else self.rank
+
+    @property
     def scale(self) -> float:
-        return self.alpha / self.rank
+        return 1.0 if self.lokr_full_matrix else self.alpha / self.rank
+
+    def peft_config(self, target_modules: list[str]) -> PeftConfig:
+        """The PEFT config of these settings on exact module paths."""
+        if self.adapter_type == "lokr":
+            r = self.peft_rank
+            return LoKrConfig(r=r, alpha=r * self.scale, rank_dropout=self.lokr_rank_dropout,
+                              decompose_both=self.lokr_decompose_both, decompose_factor=self.lokr_factor,
+                              target_modules=target_modules)
+        return LoraConfig(r=self.rank, lora_alpha=self.alpha, lora_dropout=self.dropout, bias=self.bias,
+                          target_modules=target_modules, use_dora=self.adapter_type == "dora")
+
+
+# PEFT keeps a LoKr factor full when r >= max(its dims)/2; every ACE-Step Linear is far below this.
+_FULL_MATRIX_RANK = 1 << 16
+
+
+@functools.lru_cache(maxsize=256)
+def lokr_shapes(in_features: int, out_features: int, r: int, factor: int, decompose_both: bool) -> dict[str, tuple[int, ...]]:
+    """The LoKr factors PEFT creates on one Linear (LyCORIS splits the same way: PEFT copied its rules)."""
+    config = LoKrConfig(r=r, alpha=r, decompose_factor=factor, decompose_both=decompose_both)
+    layer = LoKrLinear(nn.Linear(in_features, out_features, bias=False, device="meta"), ADAPTER, config=config, r=r, alpha=r)
+    return {part: tuple(getattr(layer, part)[ADAPTER].shape) for part in LOKR_PARTS if ADAPTER in getattr(layer, part)}
+
+
+def adapter_shapes(settings: LoRASettings, in_features: int, out_features: int) -> dict[str, tuple[int, ...]]:
+    """The trained tensors of one adapted Linear, as PEFT creates them (LoKr's split decided by PEFT itself)."""
+    if settings.adapter_type == "lokr":
+        return lokr_shapes(in_features, out_features, settings.peft_rank, settings.lokr_factor, settings.lokr_decompose_both)
+    shapes = {"lora_A": (settings.rank, in_features), "lora_B": (out_features, settings.rank)}
+    if settings.adapter_type == "dora":
+        shapes["lora_magnitude_vector"] = (out_features,)
+    return shapes
 
 
 @dataclass
@@ -118,6 +192,7 @@ class TargetPlan:
     unmatched_names: list[str]
     counts: dict[str, int] = field(default_factory=dict)
     lora_params: int = 0
+    features: dict[str, tuple[int, int]] = field(default_factory=dict)  # path -> (in, out)
 
 
 def resolve_targets(dit: nn.Module, settings: LoRASettings) -> TargetPlan:
@@ -136,27 +211,35 @@ def resolve_targets(dit: nn.Module, settings: LoRASettings) -> TargetPlan:
                     hits[name] += 1
     paths.sort(key=module_sort_key)
     counts = Counter(module_kind(p) for p in paths)
+    features = {p: (modules[p].in_features, modules[p].out_features) for p in paths}
     return TargetPlan(
         module_paths=paths,
         unmatched_names=[n for n in settings.target_names if not hits[n]],
         counts={k: counts[k] for k in ("self", "cross", "mlp")},
-        lora_params=sum(settings.rank * (modules[p].in_features + modules[p].out_features) for p in paths),
+        lora_params=sum(math.prod(shape) for f in features.values() for shape in adapter_shapes(settings, *f).values()),
+        features=features,
     )
 
 
-def lora_layers(dit: nn.Module) -> dict[str, LoraLayer]:
-    """PEFT LoRA layers holding housevox's adapter, by diffusers module path."""
-    return {n: m for n, m in dit.named_modules() if isinstance(m, LoraLayer) and ADAPTER in m.lora_A}
+def lokr_full_modules(settings: LoRASettings, plan: TargetPlan) -> list[str]:
+    """The planned modules whose LoKr factors PEFT keeps both full (ComfyUI then ignores alpha)."""
+    return [p for p, (n_in, n_out) in plan.features.items()
+            if {"lokr_w1", "lokr_w2"} <= set(adapter_shapes(settings, n_in, n_out))]
 
 
-def inject(dit: nn.Module, config: LoraConfig) -> None:
+def lora_layers(dit: nn.Module) -> dict[str, LoraLayer | LoKrLayer]:
+    """PEFT LoRA/DoRA or LoKr layers holding housevox's adapter, by diffusers module path."""
+    return {n: m for n, m in dit.named_modules() if isinstance(m, (LoraLayer, LoKrLayer)) and ADAPTER in m.r}
+
+
+def inject(dit: nn.Module, config: PeftConfig) -> None:
     """Add PEFT adapters, keep them fp32 (a bf16 base still trains in fp32), freeze everything else."""
     inject_adapter_in_model(config, dit, adapter_name=ADAPTER)
     for name, param in dit.named_parameters():
-        is_lora = ".lora_" in name
-        if is_lora and param.dtype != torch.float32:
+        is_adapter = bool(_ADAPTER_PARAM.search(name))
+        if is_adapter and param.dtype != torch.float32:
             param.data = param.data.float()
-        param.requires_grad_(is_lora)
+        param.requires_grad_(is_adapter)
 
 
 def apply_lora(dit: nn.Module, settings: LoRASettings) -> TargetPlan:
@@ -168,32 +251,41 @@ def apply_lora(dit: nn.Module, settings: LoRASettings) -> TargetPlan:
         )
     if not plan.module_paths:
         raise HousevoxError(f"target_modules_str {settings.target_modules_str!r} matches no module of the DiT")
-    inject(dit, LoraConfig(
-        r=settings.rank, lora_alpha=settings.alpha, lora_dropout=settings.dropout,
-        bias=settings.bias, target_modules=plan.module_paths,
-    ))
+    inject(dit, settings.peft_config(plan.module_paths))
     trainable = sum(p.numel() for p in dit.parameters() if p.requires_grad)
     c = plan.counts
     log.info(
-        "LoRA: %d modules adapted (self %d / cross %d / mlp %d), %s trainable parameters",
+        "%s: %d modules adapted (self %d / cross %d / mlp %d), %s trainable parameters", ADAPTER_NAMES[settings.adapter_type],
         len(plan.module_paths), c["self"], c["cross"], c["mlp"], f"{trainable:,}",
     )
     return plan
 
 
-def init_lora_weights(dit: nn.Module, run_seed: int) -> None:
-    """PEFT's init law (A kaiming-uniform, B zero), each A drawn from (run seed, module path) instead of the global RNG.
+def _init_factor(param: torch.Tensor, random: bool, *seed_parts) -> None:
+    """Kaiming-uniform drawn on the CPU in fp32 from (run seed, part, path), or zero."""
+    fresh = torch.zeros(param.shape)
+    if random:
+        nn.init.kaiming_uniform_(fresh, a=math.sqrt(5), generator=derived_generator(*seed_parts))
+    with torch.no_grad():
+        param.copy_(fresh)
 
-    Drawn on the CPU in fp32, so the init is the same on every device and does not depend on
-    which other modules are adapted or on anything that ran earlier in the process.
+
+def init_lora_weights(dit: nn.Module, run_seed: int) -> None:
+    """PEFT's init laws, every random factor drawn from (run seed, factor, module path) instead of the global RNG.
+
+    LoRA/DoRA: A kaiming-uniform, B zero (DoRA's magnitude stays PEFT's ‖W‖, which is not random).
+    LoKr: PEFT's `reset_adapter_parameters`: the w1 side zero (w1, or w1_a with w1_b random),
+    the w2 side random. Drawn on the CPU in fp32, so the init is the same on every device and
+    does not depend on which other modules are adapted or on what ran earlier in the process.
     """
     for path, layer in lora_layers(dit).items():
-        a = layer.lora_A[ADAPTER].weight
-        fresh = torch.empty(a.shape)
-        nn.init.kaiming_uniform_(fresh, a=math.sqrt(5), generator=derived_generator(run_seed, "lora_A", path))
-        with torch.no_grad():
-            a.copy_(fresh)
-            layer.lora_B[ADAPTER].weight.zero_()
+        if isinstance(layer, LoKrLayer):
+            for part in LOKR_PARTS:
+                if ADAPTER in getattr(layer, part):
+                    _init_factor(getattr(layer, part)[ADAPTER], part not in ("lokr_w1", "lokr_w1_a"), run_seed, part, path)
+        else:
+            _init_factor(layer.lora_A[ADAPTER].weight, True, run_seed, "lora_A", path)
+            _init_factor(layer.lora_B[ADAPTER].weight, False)
 
 
 def set_lora_scale(dit: nn.Module, scale: float) -> None:

@@ -1,6 +1,7 @@
 """Callbacks: lr schedule, loss logging, heavy logging, non-finite guard, checkpoints, LoRA export."""
 
 import logging
+import re
 import time
 from datetime import datetime, timezone
 from pathlib import Path
@@ -11,7 +12,7 @@ from lightning.pytorch.loggers import TensorBoardLogger
 
 import housevox
 from housevox.atomic import write_json
-from housevox.lora import extract_lora, write_comfyui_file, write_peft_folder
+from housevox.lora import extract_lora, write_acestep_lokr, write_comfyui_file, write_peft_folder
 from housevox.train.schedule import lr_factor
 
 log = logging.getLogger("housevox")
@@ -99,8 +100,13 @@ class LossLogger(L.Callback):
             pl_module.log_dict(metrics, on_step=True, on_epoch=False, batch_size=1)
 
 
+# The adapter factor that starts at zero (LoRA's B, LoKr's w1 side): its norm shows how far training moved.
+_ZERO_INIT_FACTOR = re.compile(r"\.(lora_B|lokr_w1|lokr_w1_a)\.")
+_ADAPTER_PART = re.compile(r"\.(lora_|lokr_)")
+
+
 class HeavyLogger(L.Callback):
-    """Per-block grad norms and LoRA-B norms as TensorBoard histograms, every `log_heavy_every` steps."""
+    """Per-block grad norms and zero-initialised-factor norms (LoRA B, LoKr w1) as TensorBoard histograms."""
 
     def on_before_optimizer_step(self, trainer, pl_module, optimizer) -> None:
         every = pl_module.hparams.log_heavy_every
@@ -111,10 +117,10 @@ class HeavyLogger(L.Callback):
         for name, p in pl_module.named_parameters():
             if not p.requires_grad:
                 continue
-            block = name.split(".lora_")[0]
+            block = _ADAPTER_PART.split(name, maxsplit=1)[0]
             if p.grad is not None:
                 grads[block] = grads.get(block, 0.0) + p.grad.float().pow(2).sum()
-            if ".lora_B." in name:
+            if _ZERO_INIT_FACTOR.search(name):
                 b_norms[block] = p.detach().float().norm()
         step = trainer.global_step + 1
         if grads:
@@ -201,7 +207,8 @@ def export_file(trainer: L.Trainer, epoch: int) -> Path:
 
 
 class LoRAExport(L.Callback):
-    """Writes the LoRA (PEFT folder + ComfyUI single file) every `save_every` epochs and at the end.
+    """Writes the adapter every `save_every` epochs and at the end: PEFT folder + ComfyUI single file,
+    and for LoKr also ACE-Step's `lokr_weights.safetensors` (its handler's LyCORIS loader).
 
     Every rank reads the metrics (under DDP that is a collective), only rank zero writes.
     """
@@ -217,6 +224,9 @@ class LoRAExport(L.Callback):
         weights = extract_lora(pl_module.dit)
         weights.metadata.update(metadata)
         write_peft_folder(file.parent / "adapter", weights, dtype=torch.float32)
+        if weights.adapter_type == "lokr":
+            write_acestep_lokr(file.parent, weights, dtype=torch.float32)
+        # last: readers take a folder with the ComfyUI file as a finished export
         write_comfyui_file(file, weights, dtype=torch.bfloat16)
         log.info("LoRA for epoch %d written to %s", epoch, file.parent)
 
@@ -249,7 +259,10 @@ def training_metadata(trainer, pl_module, epoch: int) -> dict[str, str]:
         "base_model": Path(hp.checkpoint_dir).name,
         "base_model_variant": pl_module.config.variant,
         "base_model_hash": pl_module.base_fingerprint[:16],
-        "rank": str(hp.rank), "alpha": str(hp.alpha),
+        "adapter_type": hp.adapter_type, "rank": str(hp.rank), "alpha": str(hp.alpha),
+        **({"lokr_factor": str(hp.lokr_factor), "lokr_decompose_both": str(hp.lokr_decompose_both),
+            "lokr_full_matrix": str(hp.lokr_full_matrix), "lokr_rank_dropout": str(hp.lokr_rank_dropout)}
+           if hp.adapter_type == "lokr" else {}),
         "target_modules": hp.target_modules_str, "attention_type": hp.attention_type,
         "epoch": str(epoch), "global_step": str(trainer.global_step),
         "train_loss": f"{metrics['train/loss_epoch']:.6f}" if "train/loss_epoch" in metrics else "",
@@ -277,7 +290,8 @@ class RunLint(L.Callback):
                             num_cycles=hp.num_cycles, cycle_steps=hp.cycle_steps, plan=pl_module.plan,
                             eval_every_n_epochs=hp.eval_every_n_epochs, eval_takes=hp.eval_takes,
                             inference_steps=hp.num_inference_steps, max_epochs=trainer.max_epochs,
-                            segments_per_step=getattr(trainer.datamodule, "batch_size", 1) * trainer.accumulate_grad_batches)
+                            segments_per_step=getattr(trainer.datamodule, "batch_size", 1) * trainer.accumulate_grad_batches,
+                            quantize_base=hp.quantize_base)
         if pl_module.device.type == "cuda":
             notes, memory_warnings = predicted_memory(trainer, pl_module)
             for line in notes:

@@ -1,4 +1,4 @@
-"""`HouseVoxLoRA`: LoRA on the frozen ACE-Step DiT, trained with the flow-matching loss.
+"""`HouseVoxLoRA`: a LoRA, LoKr or DoRA on the frozen ACE-Step DiT, trained with the flow-matching loss.
 
 The run seed decides everything random: the LoRA initialisation (per module, from
 (run seed, module path)) and every draw of a step (noise, t, CFG dropout, LoRA dropout)
@@ -37,6 +37,11 @@ class HouseVoxLoRA(L.LightningModule):
         target_modules_str: str = "q_proj k_proj v_proj o_proj gate_proj up_proj down_proj",
         attention_type: str = "both",
         bias: str = "none",
+        adapter_type: str = "lora",
+        lokr_factor: int = -1,
+        lokr_decompose_both: bool = False,
+        lokr_full_matrix: bool = False,
+        lokr_rank_dropout: float = 0.0,
         learning_rate: float = 5e-5,
         weight_decay: float = 0.01,
         max_grad_norm: float = 1.0,
@@ -74,6 +79,11 @@ class HouseVoxLoRA(L.LightningModule):
             target_modules_str: space-separated module names (upstream names: q_proj k_proj v_proj o_proj gate_proj up_proj down_proj).
             attention_type: which attention blocks the q/k/v/o names adapt: both, self or cross.
             bias: LoRA bias mode (none).
+            adapter_type: lora, lokr (PEFT LoKrConfig) or dora (PEFT LoraConfig(use_dora=True)).
+            lokr_factor: LoKr's Kronecker split of each dimension (-1: near its square root).
+            lokr_decompose_both: LoKr: make the small Kronecker factor low-rank too.
+            lokr_full_matrix: LoKr: both factors full (scale 1; rank and alpha unused).
+            lokr_rank_dropout: LoKr rank dropout probability (off by default).
             learning_rate: peak learning rate.
             weight_decay: AdamW weight decay.
             max_grad_norm: clip the total gradient norm to this value (0 disables).
@@ -106,8 +116,11 @@ class HouseVoxLoRA(L.LightningModule):
         """
         super().__init__()
         self.save_hyperparameters()
-        self.lora_settings = LoRASettings(rank=rank, alpha=alpha, dropout=dropout, target_modules_str=target_modules_str,
-                                          attention_type=attention_type, bias=bias)
+        self.lora_settings = LoRASettings(
+            rank=rank, alpha=alpha, dropout=dropout, target_modules_str=target_modules_str, attention_type=attention_type,
+            bias=bias, adapter_type=adapter_type, lokr_factor=lokr_factor, lokr_decompose_both=lokr_decompose_both,
+            lokr_full_matrix=lokr_full_matrix, lokr_rank_dropout=lokr_rank_dropout,
+        )
         if optimizer_type not in OPTIMIZERS:
             raise HousevoxError(f"model.optimizer_type: unknown optimizer {optimizer_type!r} (choose from {', '.join(OPTIMIZERS)})")
         if scheduler_type not in ("cosine_restarts", "constant"):
@@ -123,6 +136,9 @@ class HouseVoxLoRA(L.LightningModule):
             raise HousevoxError(f"model.eval_takes: {eval_takes} must be at least 2 (FAD needs two takes)")
         if quantize_base not in QUANTIZE_MODES:
             raise HousevoxError(f"model.quantize_base: {quantize_base!r} is not one of {', '.join(QUANTIZE_MODES)}")
+        if adapter_type == "lokr" and quantize_base == "nf4":
+            raise HousevoxError("model.quantize_base: nf4 does not work with adapter_type lokr (PEFT's LoKr cannot add its "
+                                "update to a packed 4-bit weight); use int8 or none")
         self.config, self.base_fingerprint = self.describe_base(checkpoint_dir)
         self.run_seed = int(seed) if seed >= 0 else None
         self.seed_was_drawn = False
@@ -209,7 +225,7 @@ class HouseVoxLoRA(L.LightningModule):
     def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
         x0 = batch["target_latents"]
         gen = derived_generator(self.run_seed, self.current_epoch, batch_idx)
-        torch.manual_seed(derived_seed(self.run_seed, self.current_epoch, batch_idx, "dropout"))  # LoRA dropout draws from the global RNG
+        torch.manual_seed(derived_seed(self.run_seed, self.current_epoch, batch_idx, "dropout"))  # LoRA/LoKr rank dropout draw from the global RNG
         noise = torch.randn(x0.shape, generator=gen)
         t = flow.sample_timesteps(x0.shape[0], self.config.timestep_mu, self.config.timestep_sigma, gen)
         drop = torch.rand(x0.shape[0], generator=gen) < self.hparams.cfg_ratio  # decided on the host: no sync
@@ -243,10 +259,13 @@ class HouseVoxLoRA(L.LightningModule):
 
     def run_identity(self) -> dict:
         """What a checkpoint must agree on to be resumed into this module."""
+        ls = self.lora_settings
         return {
             "rank": self.hparams.rank, "alpha": float(self.hparams.alpha), "attention_type": self.hparams.attention_type,
             "target_modules": list(self.plan.module_paths) if self.plan else [],
             "base_fingerprint": self.base_fingerprint,
+            "adapter_type": ls.adapter_type,
+            "lokr": [ls.lokr_factor, ls.lokr_decompose_both, ls.lokr_full_matrix] if ls.adapter_type == "lokr" else None,
         }
 
     def on_save_checkpoint(self, checkpoint: dict) -> None:
@@ -262,9 +281,11 @@ class HouseVoxLoRA(L.LightningModule):
         if saved is None:
             raise HousevoxError("checkpoint was not written by housevox (no 'housevox' section); refusing to resume")
         mine = self.run_identity()
-        for key in ("rank", "alpha", "attention_type", "target_modules", "base_fingerprint"):
+        saved = {"adapter_type": "lora", "lokr": None, **saved}  # checkpoints from before LoKr/DoRA are LoRA
+        for key in ("adapter_type", "rank", "alpha", "attention_type", "target_modules", "lokr", "base_fingerprint"):
             if saved.get(key) != mine[key]:
-                what = "base checkpoint" if key == "base_fingerprint" else key
+                what = {"base_fingerprint": "base checkpoint", "lokr": "LoKr split (lokr_factor, lokr_decompose_both, "
+                        "lokr_full_matrix)"}.get(key, key)
                 raise HousevoxError(f"cannot resume: the checkpoint was trained with a different {what}; "
                                     f"start a new run (--run_name) or restore the original setting")
         self.run_seed = int(saved["run_seed"])
