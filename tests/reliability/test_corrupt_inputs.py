@@ -72,7 +72,7 @@ def test_failed_save_leaves_the_previous_checkpoint(tmp_path, monkeypatch):
     before = path.read_bytes()
 
     def full_disk(obj, f):
-        open(f, "wb").write(b"partial")
+        f.write(b"partial")
         raise OSError(errno.ENOSPC, "No space left on device")
 
     monkeypatch.setattr(checkpoint_io.torch, "save", full_disk)
@@ -125,7 +125,7 @@ def _lora_file(tmp_path, tensors: dict) -> str:
 @pytest.mark.parametrize("tensors, needle", [
     ({"base_model.model.layers.0.self_attn.q_proj.lora_down.weight": torch.zeros(4, 8),
       "base_model.model.layers.0.self_attn.q_proj.lora_up.weight": torch.zeros(8, 5)}, "do not form a LoRA pair"),
-    ({"model.diffusion_model.input_blocks.0.0.weight": torch.zeros(2, 2)}, "not an ACE-Step v1.5 DiT LoRA key"),
+    ({"model.diffusion_model.input_blocks.0.0.weight": torch.zeros(2, 2)}, "not an ACE-Step v1.5 DiT adapter key"),
     ({"lora_unet_down_blocks_0_attentions_0_proj_in.lora_down.weight": torch.zeros(4, 8)}, "foreign model"),
 ])
 def test_foreign_or_mismatched_lora(tmp_path, capsys, tensors, needle):

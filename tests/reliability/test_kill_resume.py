@@ -157,7 +157,8 @@ def test_fit_survives_repeated_sigkill(tmp_path, server, tiny_checkpoint, tiny_s
 def test_prep_survives_repeated_sigkill(tmp_path, server, tiny_segments):
     """Kill prep mid-run again and again; the re-run writes the same manifest and byte-identical WAVs."""
     rng = random.Random(20260802)
-    tracks = tiny_segments.parent / "tracks"  # the fixture's prep input: same sources, same manifest
+    # The fixture's prep input, copied to the same place relative to the output: same sources, same manifest.
+    tracks = shutil.copytree(tiny_segments.parent / "tracks", tmp_path / "tracks")
     out, log = tmp_path / "segments", tmp_path / "prep.log"
     argv = ["--input", tracks, "--output", out, "--workers", "1"]
     kills, kinds, stalled = 0, {}, 0
