@@ -88,14 +88,14 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         ckpt = open_checkpoint(make_fixture(Path(tmp) / "acestep-v15-tiny", preset="tiny", seed=0))
         device = torch.device("cpu")
-        kit = Renderer.from_checkpoint(ckpt, device)
+        renderer = Renderer.from_checkpoint(ckpt, device)
         dit = load_dit(ckpt, dtype=torch.float32, device=device)
         apply_lora(dit, LoRASettings(rank=16, alpha=16.0, target_modules_str=SEED_TARGETS))
         settings = RenderSettings(args.duration, args.steps, DEFAULT_GUIDANCE_SCALE, 1.0)
         take = [EvalTake(Prompt("house music style, soulful vocal performance, 122 bpm"), 42)]
         clips = []
-        render_s = timed(lambda: clips.extend(render_takes(dit, kit, take, settings, 1.0)), args.repeats)
-        embedding = VaeEmbedding(kit.vae)
+        render_s = timed(lambda: clips.extend(render_takes(dit, renderer, take, settings, 1.0)), args.repeats)
+        embedding = VaeEmbedding(renderer.vae)
         embed_s = timed(lambda: embedding.audio(clips[0]), args.repeats)
     render, embed = statistics.median(render_s), statistics.median(embed_s)
     per_epoch = args.takes * (render + embed)

@@ -109,8 +109,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     device = pick_device(args.device)
     ckpt = open_checkpoint(checkpoint_dir)
     clap = load_embedding("clap", None, args.clap_model, device) if args.embedding == "clap" else None  # before any model
-    kit = Renderer.from_checkpoint(ckpt, device)
-    embedding = clap or load_embedding("vae", kit.vae)
+    renderer = Renderer.from_checkpoint(ckpt, device)
+    embedding = clap or load_embedding("vae", renderer.vae)
     evaluator = Evaluator(embedding, takes, RenderSettings(args.duration, args.steps, args.guidance_scale, args.shift),
                           segments, train_rows, held_rows)
     dit = load_dit(ckpt, dtype=model_dtype(device), device=device)
@@ -120,7 +120,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         for save in saves:
             load_lora_into(dit, read_lora(save.comfyui_file), source=str(save.comfyui_file))
-            row = evaluator.score_epoch(dit, kit, embedding, run.folder, save.epoch, save.global_step,
+            row = evaluator.score_epoch(dit, renderer, embedding, run.folder, save.epoch, save.global_step,
                                         save.comfyui_file.name, writer)
             log.info("eval: epoch %d: FAD to training set %.4g (base %.4g)", save.epoch, row["fad_train"],
                      evaluator.doc["base"]["fad_train"])

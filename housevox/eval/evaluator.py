@@ -18,7 +18,7 @@ log = logging.getLogger("housevox")
 
 
 class Evaluator:
-    """The takes and reference Gaussians of one eval; the render kit and embedding come with each call,
+    """The takes and reference Gaussians of one eval; the renderer and embedding come with each call,
     so a fit-time eval can free them between exports."""
 
     def __init__(self, embedding, takes: list[EvalTake], settings: RenderSettings,
@@ -32,24 +32,24 @@ class Evaluator:
             log.warning("eval: no held-out tracks (data.val_tracks / val_fraction): fad_held_out is not measured")
         self.doc: dict | None = None
 
-    def scores(self, dit, kit: Renderer, embedding, lora_scale: float) -> dict:
-        clips = render_takes(dit, kit, self.takes, self.settings, lora_scale)
+    def scores(self, dit, renderer: Renderer, embedding, lora_scale: float) -> dict:
+        clips = render_takes(dit, renderer, self.takes, self.settings, lora_scale)
         return score_renders(embedding, embed_clips(embedding, clips), self.takes, self.train, self.held_out)
 
-    def start(self, dit, kit: Renderer, embedding, run_folder: str | Path) -> dict:
+    def start(self, dit, renderer: Renderer, embedding, run_folder: str | Path) -> dict:
         """Score the base (adapters at scale 0) and open the run's document, keeping comparable earlier epochs."""
         settings = {"takes": [t.record() for t in self.takes], "render": self.settings.record(), "lora_scale": 1.0}
         reference = {"train": self.train.record(), "held_out": self.held_out.record() if self.held_out else None}
-        base = self.scores(dit, kit, embedding, 0.0)
+        base = self.scores(dit, renderer, embedding, 0.0)
         self.doc = carry_over(new_document(embedding.record, settings, reference, base), read_eval(run_folder))
         return self.doc
 
-    def score_epoch(self, dit, kit: Renderer, embedding, run_folder: str | Path, epoch: int, global_step: int,
+    def score_epoch(self, dit, renderer: Renderer, embedding, run_folder: str | Path, epoch: int, global_step: int,
                     lora_file: str, writer) -> dict:
         """Render and score `dit` as it is now (the epoch's LoRA loaded), write eval.json and the eval/* scalars."""
         if self.doc is None:
-            self.start(dit, kit, embedding, run_folder)
-        row = epoch_row(epoch, global_step, lora_file, self.scores(dit, kit, embedding, 1.0), self.doc["base"])
+            self.start(dit, renderer, embedding, run_folder)
+        row = epoch_row(epoch, global_step, lora_file, self.scores(dit, renderer, embedding, 1.0), self.doc["base"])
         add_epoch(self.doc, row)
         write_eval(run_folder, self.doc)
         log_scalars(writer, self.doc, row)

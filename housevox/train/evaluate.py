@@ -47,17 +47,17 @@ class ExportEval(L.Callback):
         if hp.eval_every_n_epochs <= 0 or epoch % hp.eval_every_n_epochs:
             return
         device = next(pl_module.dit.parameters()).device
-        kit = Renderer.from_checkpoint(open_checkpoint(hp.checkpoint_dir), device)
-        embedding = load_embedding(hp.eval_embedding, kit.vae, DEFAULT_CLAP, device)
+        renderer = Renderer.from_checkpoint(open_checkpoint(hp.checkpoint_dir), device)
+        embedding = load_embedding(hp.eval_embedding, renderer.vae, DEFAULT_CLAP, device)
         try:
             if self.evaluator is None:
                 self.evaluator = self._evaluator(trainer, pl_module, embedding)
-            row = self.evaluator.score_epoch(pl_module.dit, kit, embedding, run_dir(trainer), epoch, trainer.global_step,
+            row = self.evaluator.score_epoch(pl_module.dit, renderer, embedding, run_dir(trainer), epoch, trainer.global_step,
                                              export_file(trainer, epoch).name, _writer(trainer))
             log.info("eval: epoch %d: FAD to training set %.4g (base %.4g)", epoch, row["fad_train"],
                      self.evaluator.doc["base"]["fad_train"])
         finally:
-            del kit, embedding
+            del renderer, embedding
             gc.collect()
             if device.type == "cuda":
                 torch.cuda.empty_cache()
