@@ -114,6 +114,17 @@ class ConditionEncoder(AceStepConditionEncoder):
         del old
 
 
+def compile_blocks(dit: AceStepDiT) -> None:
+    """Regional torch.compile: each transformer block in place, one graph shared by all (same code, weights as inputs).
+
+    Compiling blocks rather than the whole DiT keeps the compile to one block's graph (seconds to a
+    minute, once per process and condition-length pattern) and leaves gradient checkpointing, PEFT
+    adapters and bitsandbytes layers working (what dynamo cannot trace runs eagerly).
+    """
+    for block in dit.layers:
+        block.compile()
+
+
 def build_dit(cfg: AceStepConfig, device: str | torch.device = "meta") -> AceStepDiT:
     with torch.device(device):
         return AceStepDiT(**cfg.dit_kwargs())

@@ -1,0 +1,95 @@
+"""The same LoRA at any batch split: per-sample draws and a per-sample loss make b × k only a summation order."""
+
+import signal
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+from safetensors.torch import load_file
+from test_train import ROOT, run_fit, step_losses
+
+EPOCHS = 3
+
+
+def demo_config(path: Path, checkpoint: Path, segments: Path, batch_size: int, accumulate: int) -> Path:
+    """configs/demo.yaml on the test fixtures, with LoRA dropout on (the demo has none) so its draws are checked too."""
+    config = yaml.safe_load((ROOT / "configs" / "demo.yaml").read_text())
+    config["model"].update(checkpoint_dir=str(checkpoint), dropout=0.1, sample_every_n_epochs=0, checkpoint_every_n_steps=1)
+    config["data"].update(segments_dir=str(segments), batch_size=batch_size, val_fraction=0.0)
+    config["trainer"].update(max_epochs=EPOCHS, accumulate_grad_batches=accumulate, enable_progress_bar=False)
+    path.write_text(yaml.safe_dump(config))
+    return path
+
+
+def lora_of(run: Path) -> dict[str, torch.Tensor]:
+    return load_file(run / f"lora/epoch_{EPOCHS:03d}/adapter/adapter_model.safetensors")
+
+
+def relative_difference(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> float:
+    """max over tensors of max|a − b| / max|b|."""
+    assert a.keys() == b.keys()
+    return max(((a[k] - b[k]).abs().max() / b[k].abs().max().clamp_min(1e-30)).item() for k in a)
+
+
+@pytest.fixture(scope="module")
+def splits(tmp_path_factory, tiny_checkpoint, tiny_segments):
+    runs = {}
+    for b, k in ((1, 4), (4, 1), (2, 2)):
+        root = tmp_path_factory.mktemp(f"split{b}x{k}")
+        result = run_fit(demo_config(root / "cfg.yaml", tiny_checkpoint, tiny_segments, b, k), root)
+        assert result.returncode == 0, result.stderr[-3000:]
+        runs[b, k] = root / "lightning_logs" / "demo"
+    return runs
+
+
+def test_one_by_four_four_by_one_and_two_by_two_train_the_same_lora(splits):
+    reference = lora_of(splits[1, 4])
+    assert max(t.abs().max().item() for k, t in reference.items() if "lora_B" in k) > 0, "the LoRA never trained"
+    for split in ((4, 1), (2, 2)):
+        assert relative_difference(lora_of(splits[split]), reference) <= 1e-5, split
+    losses = {split: step_losses(run) for split, run in splits.items()}
+    assert sorted(losses[1, 4]) == sorted(losses[4, 1]) == sorted(losses[2, 2]) == list(range(2 * EPOCHS))
+    assert max(abs(losses[4, 1][s] - losses[1, 4][s]) for s in losses[1, 4]) <= 1e-5
+
+
+def test_sigkill_mid_epoch_at_four_by_one_resumes_bitwise(tmp_path, splits, tiny_checkpoint, tiny_segments):
+    """6 segments at 4 × 1 are 2 steps an epoch: killed after step 4, last.ckpt is step 3, mid-epoch 2."""
+    config = demo_config(tmp_path / "cfg.yaml", tiny_checkpoint, tiny_segments, 4, 1)
+    run = tmp_path / "lightning_logs" / "demo"
+    killed = run_fit(config, tmp_path, "--trainer.callbacks+=kill_at_step.KillAtStep", kill_at_step=4)
+    assert killed.returncode == -signal.SIGKILL
+    ckpt = torch.load(run / "checkpoints" / "last.ckpt", weights_only=True)
+    assert ckpt["global_step"] == 3 and ckpt["epoch"] == 1
+    resumed = run_fit(config, tmp_path, "--ckpt_path", "last")
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    ours, reference = lora_of(run), lora_of(splits[4, 1])
+    assert ours.keys() == reference.keys() and all(torch.equal(ours[k], reference[k]) for k in ours)
+    assert step_losses(run) == step_losses(splits[4, 1])
+
+
+@pytest.mark.parametrize("adapter", [{"dropout": 0.1}, {"adapter_type": "dora"}])
+def test_padded_batch_loss_is_the_mean_of_the_single_losses(tiny_checkpoint, adapter):
+    """4 segments of different L in one padded micro-batch: each sample's loss = that segment alone (same draws)."""
+    from housevox.acestep.loading import locate_checkpoint
+    from housevox.data.datamodule import collate
+    from housevox.train.module import HouseVoxLoRA
+    from housevox.train.synthetic import synthetic_sample
+
+    module = HouseVoxLoRA(str(tiny_checkpoint), rank=4, alpha=8, seed=11, cfg_ratio=0.5, gradient_checkpointing=False,
+                          **adapter)
+    module.configure_model()
+    with torch.no_grad():
+        for name, p in module.named_parameters():
+            if "lora_B" in name:  # a trained-looking LoRA, so the adapter path matters
+                p.copy_(torch.randn(p.shape, generator=torch.Generator().manual_seed(len(name))) * 0.1)
+    cfg = locate_checkpoint(str(tiny_checkpoint)).config
+    items = [{**synthetic_sample(cfg, 40, length, seed=i), "index": 10 + i} for i, length in enumerate((7, 19, 3, 12))]
+    batch = collate(items)
+    assert batch["padded"]
+    with torch.no_grad():
+        draws = module.sample_draws(batch["index"].tolist(), 40, cfg.audio_acoustic_hidden_dim)
+        assert draws["drop"] is not None and not draws["drop"].all(), "cfg_ratio 0.5 should drop some rows, not all"
+        together = module.training_step(dict(batch), 0)
+        alone = [module.training_step(collate([item]), 0) for item in items]
+    assert abs(together.item() - torch.stack(alone).mean().item()) <= 1e-5 * abs(together.item())
