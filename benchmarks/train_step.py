@@ -53,17 +53,10 @@ SEED_LORA = dict(rank=128, alpha=128.0, target_modules_str="q_proj k_proj v_proj
 
 
 class RandomInitLoRA(SyntheticBaseLoRA):
-    """`HouseVoxLoRA` on a random-init base of the shape `base`, optionally with compiled blocks."""
+    """`HouseVoxLoRA` on a random-init base of the shape `base` (`compile=True`: model.compile's regional blocks)."""
 
-    def __init__(self, base: dict, compile_blocks: bool = False, **kwargs):
+    def __init__(self, base: dict, **kwargs):
         super().__init__(base, weights="random", **kwargs)
-
-    def configure_model(self) -> None:
-        if self.dit is None:
-            super().configure_model()
-            if self.hparams.compile_blocks:
-                for block in self.dit.layers:
-                    block.compile()
 
 
 class SyntheticSegments(Dataset):
@@ -186,7 +179,7 @@ def run(args) -> dict:
     model_fwd, model_total = count_flops(raw, args.frames, args.cond_len, False, lora_kwargs)
     _, hardware_total = count_flops(raw, args.frames, args.cond_len, not args.no_checkpointing, lora_kwargs)
     torch.manual_seed(0)
-    module = RandomInitLoRA(raw, compile_blocks=args.compile, **lora_kwargs)
+    module = RandomInitLoRA(raw, compile=args.compile, **lora_kwargs)
     profiler = torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]
                                       + ([torch.profiler.ProfilerActivity.CUDA] if device.type == "cuda" else [])
                                       ) if args.profile else None
