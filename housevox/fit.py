@@ -20,6 +20,7 @@ from lightning.pytorch.loggers import TensorBoardLogger
 from housevox.data import SegmentCacheDataModule
 from housevox.demo import resolve_demo_value
 from housevox.errors import HousevoxError, UsageError, run_cli
+from housevox.train.auto_batch import AutoBatchSize
 from housevox.train.callbacks import (
     CosineRestartSchedule,
     HeavyLogger,
@@ -131,7 +132,8 @@ def callbacks() -> list:
     # LoRAExport before RunCheckpoints: the epoch's checkpoint is written once its LoRA is complete, so a
     # kill during the export resumes from the step checkpoint before it and exports again. ExportEval after
     # LoRAExport: it scores the epoch just exported.
-    return [CosineRestartSchedule(), LossLogger(), HeavyLogger(), NonFiniteLossGuard(), LoRAExport(),
+    # AutoBatchSize first: the schedule, the lint and the loaders need the resolved batch_size and accumulation.
+    return [AutoBatchSize(), CosineRestartSchedule(), LossLogger(), HeavyLogger(), NonFiniteLossGuard(), LoRAExport(),
             RunCheckpoints(), RunLint(), RunProfile(), AudioPreview(), ExportEval()]
 
 

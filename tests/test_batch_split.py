@@ -27,9 +27,14 @@ def lora_of(run: Path) -> dict[str, torch.Tensor]:
 
 
 def relative_difference(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> float:
-    """max over tensors of max|a − b| / max|b|."""
+    """max |a − b| over all tensors / max |b| over all tensors.
+
+    Not per tensor: Adam divides by √v + ε, so an entry whose gradient is ~0 turns float-order
+    noise into an update of up to ~lr·1e-2; a zero-initialised lora_B still near 0 then shows it
+    relative to its own small max (measured 8e-5 on one entry of 512, 5e-6 of the LoRA's scale).
+    """
     assert a.keys() == b.keys()
-    return max(((a[k] - b[k]).abs().max() / b[k].abs().max().clamp_min(1e-30)).item() for k in a)
+    return max((a[k] - b[k]).abs().max().item() for k in a) / max(b[k].abs().max().item() for k in b)
 
 
 @pytest.fixture(scope="module")
@@ -90,8 +95,8 @@ def test_padded_batch_loss_is_the_mean_of_the_single_losses(tiny_checkpoint, ada
     with torch.no_grad():
         draws = module.sample_draws(batch["index"].tolist(), 40, cfg.audio_acoustic_hidden_dim)
         assert draws["drop"] is not None and not draws["drop"].all(), "cfg_ratio 0.5 should drop some rows, not all"
-        together = module.training_step(dict(batch), 0)
-        alone = [module.training_step(collate([item]), 0) for item in items]
+        together = module.training_step(dict(batch), 0)["loss"]
+        alone = [module.training_step(collate([item]), 0)["loss"] for item in items]
     assert abs(together.item() - torch.stack(alone).mean().item()) <= 1e-5 * abs(together.item())
 
 
@@ -117,7 +122,7 @@ def test_compiled_blocks_train_the_same_losses(tiny_checkpoint, adapter):
         optimizer = optimizer["optimizer"] if isinstance(optimizer, dict) else optimizer
         losses[compiled] = []
         for step, batch in enumerate(batches * 2):
-            loss = module.training_step(dict(batch), step)
+            loss = module.training_step(dict(batch), step)["loss"]
             loss.backward()
             optimizer.step()
             optimizer.zero_grad()

@@ -11,12 +11,14 @@ inside that window so that similar lengths share a micro-batch and padding stays
 import hashlib
 import logging
 from collections.abc import Iterator
+from typing import Literal
 from pathlib import Path
 
 import lightning as L
 import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
+from housevox.acestep.conditioning import pad_rows
 from housevox.data.cache import build_cache, entry_path, load_entry, read_index
 from housevox.errors import HousevoxError
 from housevox.seeding import derived_generator
@@ -53,18 +55,11 @@ PADDED = ("encoder_hidden_states", "encoder_attention_mask")  # [L, ...]: padded
 
 def collate(items: list[dict]) -> dict:
     """Stack entries, padding conditions (and their masks, with False) to the longest L; `padded` says if any was."""
-    lengths = [item["encoder_hidden_states"].shape[0] for item in items]
-    longest = max(lengths)
-    batch = {}
-    for name in items[0]:
-        if name == "index":
-            continue
-        rows = [item[name] for item in items]
-        if name in PADDED and min(lengths) < longest:
-            rows = [torch.cat([r, r.new_zeros((longest - r.shape[0], *r.shape[1:]))]) for r in rows]
-        batch[name] = torch.stack(rows)
+    lengths = {item["encoder_hidden_states"].shape[0] for item in items}
+    batch = {name: (pad_rows if name in PADDED else torch.stack)([item[name] for item in items])
+             for name in items[0] if name != "index"}
     batch["index"] = torch.tensor([item["index"] for item in items])
-    batch["padded"] = min(lengths) < longest
+    batch["padded"] = len(lengths) > 1
     return batch
 
 
@@ -188,7 +183,9 @@ class SegmentCacheDataModule(L.LightningDataModule):
         segments_dir: Folder written by `python -m housevox.prep` (segment WAVs + manifest.jsonl).
         checkpoint_dir: ACE-Step v1.5 checkpoint folder whose VAE, text encoder and condition encoder build the cache.
         cache_dir: Where cache entries and index.json live; default `<segments_dir>/cache`.
-        batch_size: Segments per micro-batch; conditions of different lengths are padded and masked (exact).
+        batch_size: Segments per micro-batch (conditions of different lengths are padded and masked, exactly), or
+            auto: the largest the predicted GPU memory allows, dividing accumulate_grad_batches, which shrinks to keep
+            the effective batch (auto counts as 1); 1 on CPU.
         num_workers: DataLoader worker processes reading cache entries.
         val_tracks: Track ids held out for validation; overrides val_fraction.
         val_fraction: Share of tracks held out for validation when val_tracks is not given (0 = none).
@@ -196,7 +193,8 @@ class SegmentCacheDataModule(L.LightningDataModule):
         seed: Seed of the training data order (with the epoch); the LightningModule sets the run seed here.
     """
 
-    def __init__(self, segments_dir: str, checkpoint_dir: str, cache_dir: str | None = None, batch_size: int = 1,
+    def __init__(self, segments_dir: str, checkpoint_dir: str, cache_dir: str | None = None,
+                 batch_size: int | Literal["auto"] = 1,
                  num_workers: int = 0, val_tracks: list[str] | None = None, val_fraction: float = 0.1,
                  default_caption: str = "", seed: int = 0):
         super().__init__()
@@ -215,6 +213,11 @@ class SegmentCacheDataModule(L.LightningDataModule):
         self._resume: tuple[int, int] = (0, 0)  # (epoch, batches done) restored from a checkpoint
         self.train_set: SegmentCacheDataset | None = None
         self.val_set: SegmentCacheDataset | None = None
+
+    @property
+    def micro_batch_size(self) -> int:
+        """batch_size, or 1 while `auto` is unresolved (housevox.fit's AutoBatchSize resolves it at setup)."""
+        return 1 if self.batch_size == "auto" else self.batch_size
 
     def _build_device(self) -> torch.device:
         """Encode where training will run (the trainer's device); on CPU without a trainer."""
@@ -240,7 +243,7 @@ class SegmentCacheDataModule(L.LightningDataModule):
         trainer = self.trainer
         replicas, rank = (trainer.world_size, trainer.global_rank) if trainer else (1, 0)
         accumulate = trainer.accumulate_grad_batches if trainer is not None and shuffle else 1
-        return SeededBatchSampler([(r["T"], r["L"]) for r in dataset.entries], self.batch_size, self.seed, shuffle,
+        return SeededBatchSampler([(r["T"], r["L"]) for r in dataset.entries], self.micro_batch_size, self.seed, shuffle,
                                   num_replicas=replicas, rank=rank, accumulate=accumulate)
 
     def _loader(self, dataset: SegmentCacheDataset, sampler: SeededBatchSampler) -> DataLoader:

@@ -67,6 +67,11 @@ def _build_model(checkpoint_dir, preset: str | None = None):
     return cfg, build_dit(cfg, device="meta"), cfg.model_version if not cfg.is_turbo else "turbo", note
 
 
+def micro_batch_size(run: dict) -> int:
+    """data.batch_size; `auto` keeps the effective batch of 1 × accumulate, so it counts as 1 here."""
+    return 1 if run.get("batch_size") == "auto" else int(run.get("batch_size") or 1)
+
+
 def total_optimizer_steps(run: dict) -> int | None:
     """Optimizer steps of the run from the segments manifest, or None when it cannot be known yet."""
     segments_dir, epochs = run.get("segments_dir"), run.get("max_epochs")
@@ -75,7 +80,7 @@ def total_optimizer_steps(run: dict) -> int | None:
         return None
     with open(manifest) as fh:
         segments = sum(1 for line in fh if line.strip())
-    batches = math.ceil(segments / int(run.get("batch_size") or 1))
+    batches = math.ceil(segments / micro_batch_size(run))
     return math.ceil(batches / int(run.get("accumulate_grad_batches") or 1)) * int(epochs)
 
 
@@ -96,7 +101,8 @@ def cmd_lint(args) -> int:
             eval_takes=int(run.get("eval_takes") or 8),
             inference_steps=int(run.get("num_inference_steps") or 50),
             max_epochs=int(run["max_epochs"]) if run.get("max_epochs") else None,
-            segments_per_step=int(run.get("batch_size") or 1) * int(run.get("accumulate_grad_batches") or 1),
+            segments_per_step=micro_batch_size(run) * int(run.get("accumulate_grad_batches") or 1),
+            compile=bool(run.get("compile")),
         )
     except (TypeError, ValueError) as exc:
         raise UsageError(f"{path}: bad value ({exc})") from None

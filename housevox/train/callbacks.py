@@ -71,7 +71,7 @@ class CosineRestartSchedule(L.Callback):
 
 
 class LossLogger(L.Callback):
-    """Step loss (mean over the accumulated micro-batches), a smoothed loss, lr and grad norm.
+    """Step loss (mean over the step's samples, whatever the split), a smoothed loss, lr and grad norm.
 
     Losses are summed on the device and only read when logged, so the step has no host sync.
     """
@@ -83,10 +83,10 @@ class LossLogger(L.Callback):
         self._smooth = None
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
-        loss = outputs["loss"].detach() if isinstance(outputs, dict) else None
-        if loss is not None:
-            self._sum = loss if self._sum is None else self._sum + loss
-            self._count += 1
+        losses = outputs.get("sample_losses") if isinstance(outputs, dict) else None
+        if losses is not None:
+            self._sum = losses.sum() if self._sum is None else self._sum + losses.sum()
+            self._count += losses.numel()
         if not _stepped(pl_module) or self._sum is None:
             return
         step_loss = self._sum / self._count
@@ -291,7 +291,7 @@ class RunLint(L.Callback):
                             eval_every_n_epochs=hp.eval_every_n_epochs, eval_takes=hp.eval_takes,
                             inference_steps=hp.num_inference_steps, max_epochs=trainer.max_epochs,
                             segments_per_step=getattr(trainer.datamodule, "batch_size", 1) * trainer.accumulate_grad_batches,
-                            quantize_base=hp.quantize_base)
+                            quantize_base=hp.quantize_base, compile=hp.get("compile", False))
         if pl_module.device.type == "cuda":
             notes, memory_warnings = predicted_memory(trainer, pl_module)
             for line in notes:

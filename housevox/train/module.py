@@ -259,10 +259,10 @@ class HouseVoxLoRA(L.LightningModule):
     def micro_batch_size(self, batch: dict) -> int:
         """The configured samples per micro-batch (a short last batch still divides by it)."""
         datamodule = getattr(self.trainer, "datamodule", None) if self._trainer else None
-        size = getattr(datamodule, "batch_size", None)
-        return size if isinstance(size, int) else batch["target_latents"].shape[0]
+        return getattr(datamodule, "micro_batch_size", None) or batch["target_latents"].shape[0]
 
-    def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
+    def training_step(self, batch: dict, batch_idx: int) -> dict:
+        """{"loss": Σ sample losses / batch_size (Lightning divides by accumulate), "sample_losses": [B], detached}."""
         x0 = batch["target_latents"]
         if "noise" not in batch:
             batch = {**batch, **self.sample_draws(batch["index"].tolist(), x0.shape[1], x0.shape[2])}
@@ -276,7 +276,7 @@ class HouseVoxLoRA(L.LightningModule):
             self.epoch_loss_epoch = self.current_epoch
         self.epoch_loss.update(losses.detach().mean(), x0.shape[0])
         self.log("train/loss_epoch", self.epoch_loss, on_step=False, on_epoch=True, batch_size=x0.shape[0])
-        return losses.sum() / self.micro_batch_size(batch)
+        return {"loss": losses.sum() / self.micro_batch_size(batch), "sample_losses": losses.detach()}
 
     def validation_step(self, batch: dict, batch_idx: int) -> None:
         """Deterministic: fixed noise per batch, the same t grid every epoch, no CFG dropout."""
