@@ -129,3 +129,11 @@ def test_compiled_blocks_train_the_same_losses(tiny_checkpoint, adapter):
             losses[compiled].append(loss.item())
     assert all(abs(a - b) <= 1e-4 * abs(b) for a, b in zip(losses[True], losses[False])), losses
     assert losses[False][3] != losses[False][0], "the LoRA should have moved between the two visits of batch 0"
+
+
+def test_batch_size_auto_stays_one_on_cpu_and_says_so(tmp_path, tiny_checkpoint, tiny_segments):
+    config = demo_config(tmp_path / "cfg.yaml", tiny_checkpoint, tiny_segments, 1, 4)
+    result = run_fit(config, tmp_path, "--data.batch_size", "auto", "--trainer.max_epochs", "1")
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "batch_size auto: 1 x accumulate_grad_batches 4 (not on a GPU)" in result.stderr
+    assert torch.load(tmp_path / "lightning_logs/demo/checkpoints/last.ckpt", weights_only=True)["global_step"] == 2

@@ -160,3 +160,15 @@ def test_lint_rejects_a_bad_budget_and_a_bad_quantize_mode(tmp_path, capsys):
     assert bad_budget.value.code == 2 and "--gpu-memory" in capsys.readouterr().err
     code, _, err = cli(["lint", "--config", str(config), "--preset", "2b"], capsys)
     assert code != 0 and "quantize_base" in err and "Traceback" not in err
+
+
+def test_auto_batch_size_takes_the_largest_divisor_of_the_effective_batch_that_fits():
+    base, shape = base_config("tiny"), RunShape(rank=8, gradient_checkpointing=False)
+    on_card = {b: predict(base, replace(shape, batch_size=b)).on_card_gib for b in (1, 2, 4)}
+    assert on_card[1] < on_card[2] < on_card[4]
+    between = (on_card[2] + on_card[4]) / 2
+    assert memory.auto_batch_size(base, shape, on_card[4] + 1, 4)[0] == 4
+    b, why = memory.auto_batch_size(base, shape, between, 4)
+    assert b == 2 and "2 x accumulate_grad_batches 2 (effective batch 4 kept)" in why and "batch 4" in why
+    assert memory.auto_batch_size(base, shape, between, 6)[0] == 2, "6 and 3 are over the budget, 2 fits"
+    assert memory.auto_batch_size(base, shape, on_card[1] / 2, 4)[0] == 1, "nothing fits: 1, and the lint says why"
