@@ -15,7 +15,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-from housevox.train.memory import CUDA_CONTEXT_GIB, CUDA_WORKSPACE_GIB, GPUS, UTILISATION, RunShape, card_for, predict
+from housevox.plan.memory import CUDA_CONTEXT_GIB, CUDA_WORKSPACE_GIB, GPUS, UTILISATION, RunShape, card_for, predict
 from housevox.train.synthetic import base_config
 
 HERE = Path(__file__).resolve().parent

@@ -195,7 +195,8 @@ def test_best_epoch_keeps_prompt_adherence_and_carry_over():
 
 
 def test_lint_states_the_fit_time_eval_cost():
-    from housevox.lora import LoRASettings, lint_run
+    from housevox.lora import LoRASettings
+    from housevox.plan.lint import lint_run
 
     common = dict(cfg_ratio=0.15, model_version="base", warmup_steps=10, num_cycles=1, cycle_steps=None, plan=None,
                   total_steps=5800, max_epochs=100, segments_per_step=4, inference_steps=50)
