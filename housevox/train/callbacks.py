@@ -23,6 +23,12 @@ def run_dir(trainer: L.Trainer) -> Path:
     return Path(trainer.logger.log_dir if trainer.logger else trainer.default_root_dir)
 
 
+def tensorboard_writer(trainer: L.Trainer):
+    """The run's TensorBoard SummaryWriter (housevox.fit's logger), or None when the trainer logs elsewhere."""
+    logger = next((lg for lg in trainer.loggers if isinstance(lg, TensorBoardLogger)), None)
+    return logger.experiment if logger is not None else None
+
+
 def _epoch_complete(trainer: L.Trainer) -> bool:
     """False when the epoch was cut short (the non-finite guard stopped it): then no epoch checkpoint or LoRA
     may claim it, and last.ckpt must stay the guard's, from which a resume finishes the epoch."""
@@ -110,8 +116,8 @@ class HeavyLogger(L.Callback):
 
     def on_before_optimizer_step(self, trainer, pl_module, optimizer) -> None:
         every = pl_module.hparams.log_heavy_every
-        logger = trainer.logger
-        if not every or (trainer.global_step + 1) % every or not isinstance(logger, TensorBoardLogger):
+        writer = tensorboard_writer(trainer) if every and (trainer.global_step + 1) % every == 0 else None
+        if writer is None:
             return
         grads, b_norms = {}, {}
         for name, p in pl_module.named_parameters():
@@ -124,9 +130,9 @@ class HeavyLogger(L.Callback):
                 b_norms[block] = p.detach().float().norm()
         step = trainer.global_step + 1
         if grads:
-            logger.experiment.add_histogram("heavy/grad_norm_per_module", torch.stack(list(grads.values())).sqrt(), step)
+            writer.add_histogram("heavy/grad_norm_per_module", torch.stack(list(grads.values())).sqrt(), step)
         if b_norms:
-            logger.experiment.add_histogram("heavy/lora_B_norm_per_module", torch.stack(list(b_norms.values())), step)
+            writer.add_histogram("heavy/lora_B_norm_per_module", torch.stack(list(b_norms.values())), step)
 
 
 class NonFiniteLossGuard(L.Callback):
