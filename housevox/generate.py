@@ -44,6 +44,7 @@ class Caption:
     language: str = "en"
 
     def caption_fields(self) -> dict:
+        """These fields by name, also on a subclass (a Take, an eval prompt): what a prompt hands a template take."""
         return {f.name: getattr(self, f.name) for f in fields(Caption)}
 
 

@@ -6,7 +6,6 @@ import lightning as L
 import torch
 
 from housevox.plan.lint import lint_run
-from housevox.plan.memory import RunShape, card_for, memory_lint
 
 log = logging.getLogger("housevox")
 
@@ -39,6 +38,8 @@ class RunLint(L.Callback):
 
 def predicted_memory(trainer, pl_module) -> tuple[list[str], list[str]]:
     """The memory lint for this run on this CUDA card (its name picks the step-time peak, its size the budget)."""
+    from housevox.plan.memory import RunShape, card_for, memory_lint  # CUDA runs only: keeps fit's import light
+
     datamodule = getattr(trainer, "datamodule", None)
     shape = RunShape.from_settings(dict(pl_module.hparams), batch_size=getattr(datamodule, "batch_size", None) or 1)
     props = torch.cuda.get_device_properties(pl_module.device)
