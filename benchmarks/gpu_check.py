@@ -5,7 +5,7 @@
 Four variants of the seed run (r 128, all seven names, AdamW8bit, batch 1, T 750, L 769):
 bf16 base with checkpointing, int8, nf4, and bf16 without checkpointing. Each is measured by
 `benchmarks/train_step.py` (production Trainer, random-init weights) in its own process, so one
-variant's cached memory never inflates the next. Predictions come from `housevox.train.memory`.
+variant's cached memory never inflates the next. Predictions come from `housevox.plan.memory`.
 """
 
 import argparse
