@@ -5,7 +5,7 @@
 Four variants of the seed run (r 128, all seven names, AdamW8bit, batch 1, T 750, L 769):
 bf16 base with checkpointing, int8, nf4, and bf16 without checkpointing. Each is measured by
 `benchmarks/train_step.py` (production Trainer, random-init weights) in its own process, so one
-variant's cached memory never inflates the next. Predictions come from `housevox.train.memory`.
+variant's cached memory never inflates the next. Predictions come from `housevox.plan.memory`.
 """
 
 import argparse
@@ -15,7 +15,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-from housevox.train.memory import CUDA_CONTEXT_GIB, CUDA_WORKSPACE_GIB, GPUS, UTILISATION, RunShape, card_for, predict
+from housevox.plan.memory import CUDA_CONTEXT_GIB, CUDA_WORKSPACE_GIB, GPUS, UTILISATION, RunShape, card_for, predict
 from housevox.train.synthetic import base_config
 
 HERE = Path(__file__).resolve().parent
