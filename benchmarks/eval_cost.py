@@ -91,7 +91,8 @@ def main() -> None:
         renderer = Renderer.from_checkpoint(ckpt, device)
         dit = load_dit(ckpt, dtype=torch.float32, device=device)
         apply_lora(dit, LoRASettings(rank=16, alpha=16.0, target_modules_str=SEED_TARGETS))
-        settings = RenderSettings(args.duration, args.steps, DEFAULT_GUIDANCE_SCALE, 1.0)
+        settings = RenderSettings.of(duration_s=args.duration, steps=args.steps, guidance_scale=DEFAULT_GUIDANCE_SCALE,
+                                     shift=1.0)
         take = [EvalTake(Prompt("house music style, soulful vocal performance, 122 bpm"), 42)]
         clips = []
         render_s = timed(lambda: clips.extend(render_takes(dit, renderer, take, settings, 1.0)), args.repeats)

@@ -7,7 +7,7 @@ optimizer step: bf16 base with checkpointing at batch 1 × 4, int8, nf4, checkpo
 4 × 1, batch auto (data.batch_size: auto on this card), and model.compile at 1 × 4. Each is
 measured by `benchmarks/train_step.py` (production Trainer, random-init weights) in its own
 process, so one variant's cached memory never inflates the next. Predictions come from
-`housevox.train.memory` (compile is not modelled: its prediction is the uncompiled step's).
+`housevox.plan.memory` (compile is not modelled: its prediction is the uncompiled step's).
 """
 
 import argparse
@@ -54,7 +54,7 @@ def main() -> None:
             print(f"  {name:<13} train_step.py --config xl {' '.join(VARIANTS[name][0])}".rstrip())
         print("each row: s per segment, peak allocated / reserved / on-card GiB, beside the predicted GiB and s/segment")
         return
-    from housevox.train.memory import CUDA_CONTEXT_GIB, CUDA_WORKSPACE_GIB, GPUS, UTILISATION, RunShape, card_for, predict
+    from housevox.plan.memory import CUDA_CONTEXT_GIB, CUDA_WORKSPACE_GIB, GPUS, UTILISATION, RunShape, card_for, predict
     from housevox.train.synthetic import base_config
 
     rows = []

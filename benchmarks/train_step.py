@@ -37,7 +37,7 @@ from housevox.acestep.modules import build_dit
 from housevox.data.datamodule import collate
 from housevox.fit import TRAINER_DEFAULTS, callbacks
 from housevox.lora import ADAPTER_TYPES, apply_lora
-from housevox.train.memory import GPUS, RunShape, auto_batch_size
+from housevox.plan.memory import GPUS, RunShape, auto_batch_size
 from housevox.train.quantize import QUANTIZE_MODES
 from housevox.train.synthetic import SyntheticBaseLoRA, base_config, synthetic_sample
 

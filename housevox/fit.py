@@ -20,7 +20,8 @@ from lightning.pytorch.loggers import TensorBoardLogger
 from housevox.data import SegmentCacheDataModule
 from housevox.demo import resolve_demo_value
 from housevox.errors import HousevoxError, UsageError, run_cli
-from housevox.train.auto_batch import AutoBatchSize
+from housevox.plan.auto_batch import AutoBatchSize
+from housevox.plan.callback import RunLint
 from housevox.train.callbacks import (
     CosineRestartSchedule,
     HeavyLogger,
@@ -28,7 +29,6 @@ from housevox.train.callbacks import (
     LossLogger,
     NonFiniteLossGuard,
     RunCheckpoints,
-    RunLint,
     RunProfile,
     run_dir,
 )
@@ -137,14 +137,34 @@ def callbacks() -> list:
             RunCheckpoints(), RunLint(), RunProfile(), AudioPreview(), ExportEval()]
 
 
-def main(argv=None) -> int:
-    logging.basicConfig(level=logging.INFO, format="%(message)s")
+class ParsedConfig(HouseVoxCLI):
+    """fit's parser and checks, nothing built or run: the lint reads a run exactly as fit would start it.
+
+    A run linted before its checkpoint or segments exist may leave their paths out (they read as empty).
+    """
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, seed_everything_default=False, **kwargs)  # reading a config draws no seed
+
+    def add_arguments_to_parser(self, parser) -> None:
+        super().add_arguments_to_parser(parser)
+        parser.set_defaults({"model.checkpoint_dir": "", "data.segments_dir": ""})
+
+    def before_instantiate_classes(self) -> None:
+        self.subcommand = None  # LightningCLI runs no subcommand without one
+
+    def instantiate_classes(self) -> None:
+        pass
+
+
+def _cli(cli_class: type[HouseVoxCLI], argv: list[str]) -> HouseVoxCLI:
+    """`cli_class` on fit's arguments (`--preset` expanded, `--config` files checked); config errors are one line."""
     # argv is always passed explicitly (after --preset expansion); Lightning would warn that sys.argv differs.
     warnings.filterwarnings("ignore", message="LightningCLI's args parameter is intended")
-    argv = _expand_preset(list(sys.argv[1:] if argv is None else argv))
+    argv = _expand_preset(argv)
     _check_config_files(argv)
     try:
-        HouseVoxCLI(
+        return cli_class(
             HouseVoxLoRA, SegmentCacheDataModule, args=argv,
             trainer_defaults={**TRAINER_DEFAULTS, "callbacks": callbacks()},
             save_config_kwargs={"overwrite": True},
@@ -154,8 +174,18 @@ def main(argv=None) -> int:
     except HousevoxError:
         raise
     except (ArgumentError, TypeError, ValueError, KeyError) as exc:
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise UsageError(f"config: {first}") from None
+        lines = [line.strip() for line in str(exc).strip().splitlines()[:2]]  # jsonargparse: the key, then the problem
+        raise UsageError(f"config: {' '.join(lines) or type(exc).__name__}") from None
+
+
+def fit_config(argv: list[str]):
+    """The `fit` config (model, data, trainer, ...) that `python -m housevox.fit fit ARGV` would run."""
+    return _cli(ParsedConfig, ["fit", *argv]).config.fit
+
+
+def main(argv=None) -> int:
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    _cli(HouseVoxCLI, list(sys.argv[1:] if argv is None else argv))
     return 0
 
 

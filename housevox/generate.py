@@ -5,10 +5,13 @@ uses, so a LoRA hears at inference the condition it was trained on; the latents 
 `sample_latents`, upstream's own sampler, so a take here is the take ACE-Step renders.
 """
 
+import contextlib
+import gc
 import hashlib
 import json
 import sys
-from dataclasses import dataclass
+from collections.abc import Iterator
+from dataclasses import dataclass, fields
 from pathlib import Path
 
 import numpy as np
@@ -30,8 +33,8 @@ COMMENT_BYTES = 2000  # libsndfile silently drops a WAV INFO comment longer than
 
 
 @dataclass
-class Take:
-    """Everything that decides a rendered clip besides the weights; stored with the WAV."""
+class Caption:
+    """What the condition encoder reads besides the duration: the caption and its metas (`key` as ACE-Step's keyscale)."""
 
     caption: str
     lyrics: str | None = None
@@ -39,6 +42,16 @@ class Take:
     key: str | None = None
     timesignature: str | None = None
     language: str = "en"
+
+    def caption_fields(self) -> dict:
+        """These fields by name, also on a subclass (a Take, an eval prompt): what a prompt hands a template take."""
+        return {f.name: getattr(self, f.name) for f in fields(Caption)}
+
+
+@dataclass
+class Take(Caption):
+    """Everything that decides a rendered clip besides the weights; stored with the WAV."""
+
     duration_s: float = 30.0
     steps: int = DEFAULT_STEPS
     guidance: str = "apg"
@@ -122,6 +135,28 @@ class Renderer:
 def _sampler_settings(take: Take) -> tuple:
     """What takes in one sampler batch must share."""
     return (take.frames, take.steps, take.guidance, take.guidance_scale, take.dcw, take.chunk_mask, take.shift)
+
+
+@contextlib.contextmanager
+def borrowed_renderer(dit, checkpoint_dir) -> Iterator[Renderer]:
+    """A renderer for a few takes from `dit` mid-training, with the DiT in eval mode while it is out.
+
+    On leaving, the DiT's train/eval mode is restored and the renderer's parts are freed there and
+    then (the CUDA cache emptied), even where a caller's name still holds the renderer.
+    """
+    device = next(dit.parameters()).device
+    renderer = Renderer.from_checkpoint(checkpoint_dir, device)
+    was_training = dit.training
+    dit.eval()
+    try:
+        yield renderer
+    finally:
+        dit.train(was_training)
+        renderer.builder = renderer.vae = renderer.silence_latent = None
+        del renderer
+        gc.collect()
+        if device.type == "cuda":
+            torch.cuda.empty_cache()
 
 
 def _comment(settings: dict) -> str:

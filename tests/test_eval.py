@@ -165,7 +165,7 @@ def test_prompts_and_takes(tmp_path):
     assert all(t.prompt.origin == "held_out" for t in plan_takes([], held, 3, 0))
     path = tmp_path / "p.jsonl"
     path.write_text('{"caption": "deep house", "key": "A minor", "bpm": 124}\n\n{"caption": "techno"}\n')
-    assert read_prompts(path) == [Prompt("deep house", bpm=124, keyscale="A minor", origin="file"),
+    assert read_prompts(path) == [Prompt("deep house", bpm=124, key="A minor", origin="file"),
                                   Prompt("techno", origin="file")]
     path.write_text('{"caption": "ok"}\n["no"]\n')
     with pytest.raises(HousevoxError, match=r"p.jsonl:2: needs an object"):
@@ -195,7 +195,8 @@ def test_best_epoch_keeps_prompt_adherence_and_carry_over():
 
 
 def test_lint_states_the_fit_time_eval_cost():
-    from housevox.lora import LoRASettings, lint_run
+    from housevox.lora import LoRASettings
+    from housevox.plan.lint import lint_run
 
     common = dict(cfg_ratio=0.15, model_version="base", warmup_steps=10, num_cycles=1, cycle_steps=None, plan=None,
                   total_steps=5800, max_epochs=100, segments_per_step=4, inference_steps=50)
@@ -214,3 +215,24 @@ def test_fit_eval_option_must_follow_exports(tiny_checkpoint):
     with pytest.raises(HousevoxError, match="eval_embedding"):
         HouseVoxLoRA(str(tiny_checkpoint), eval_embedding="mert")
     assert HouseVoxLoRA(str(tiny_checkpoint), save_every=2, eval_every_n_epochs=4).hparams.eval_every_n_epochs == 4
+
+
+def test_takes_derive_from_the_template_and_records_keep_eval_json_format():
+    from housevox.eval.prompts import EvalTake
+    from housevox.eval.render import RenderSettings
+    from housevox.generate import Take
+
+    settings = RenderSettings.of(duration_s=30.0, steps=50, guidance_scale=7.0, shift=3.0)
+    record = settings.record()
+    assert list(record.items()) == [("duration_s", 30.0), ("steps", 50), ("guidance", "apg"), ("guidance_scale", 7.0),
+                                    ("dcw", True), ("chunk_mask", 2.0), ("shift", 3.0), ("sampler", "housevox.generate")]
+    (prompt,) = distinct_prompts([{"caption": "deep house", "bpm": 124, "keyscale": "A minor", "timesignature": "4"}],
+                                 "train")
+    assert prompt == Prompt("deep house", bpm=124, key="A minor", timesignature="4", origin="train")
+    take = EvalTake(prompt, 7)
+    assert list(take.record().items()) == [("caption", "deep house"), ("lyrics", None), ("bpm", 124),
+                                           ("keyscale", "A minor"), ("timesignature", "4"), ("language", None),
+                                           ("origin", "train"), ("seed", 7)]
+    assert settings.take(take) == Take("deep house", bpm=124, key="A minor", timesignature="4", language="en",
+                                       duration_s=30.0, steps=50, guidance_scale=7.0, shift=3.0, seed=7)
+    assert settings.take(EvalTake(Prompt("techno", lyrics="la", language="de"), 1)).language == "de"

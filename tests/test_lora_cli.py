@@ -12,9 +12,10 @@ from housevox.acestep.config import AceStepConfig
 from housevox.acestep.modules import build_dit
 from housevox.acestep.presets import PRESETS
 from housevox.errors import run_cli
-from housevox.lora import LoRASettings, LoRAWeights, lint_run, read_lora, resolve_targets, write_comfyui_file
+from housevox.lora import LoRASettings, LoRAWeights, read_lora, resolve_targets, write_comfyui_file
 from housevox.lora.__main__ import main
 from housevox.lora.formats import LoRAFile
+from housevox.plan.lint import lint_run
 from housevox.lora.inspect import describe
 from housevox.lora.targets import to_original_path
 

@@ -12,8 +12,8 @@ from housevox.acestep.modules import build_dit
 from housevox.errors import run_cli
 from housevox.lora import LoRASettings, resolve_targets
 from housevox.lora.__main__ import main
-from housevox.train import memory
-from housevox.train.memory import ACTIVATIONS, FROZEN, GRADS, LORA, OPTIMIZER, LiveBytes, RunShape, predict
+from housevox.plan import memory
+from housevox.plan.memory import ACTIVATIONS, FROZEN, GRADS, LORA, OPTIMIZER, LiveBytes, RunShape, predict
 from housevox.train.quantize import quantize_frozen_base
 from housevox.train.synthetic import base_config, with_depth
 
@@ -172,3 +172,34 @@ def test_auto_batch_size_takes_the_largest_divisor_of_the_effective_batch_that_f
     assert b == 2 and "2 x accumulate_grad_batches 2 (effective batch 4 kept)" in why and "batch 4" in why
     assert memory.auto_batch_size(base, shape, between, 6)[0] == 2, "6 and 3 are over the budget, 2 fits"
     assert memory.auto_batch_size(base, shape, on_card[1] / 2, 4)[0] == 1, "nothing fits: 1, and the lint says why"
+
+
+def test_lint_reads_fit_overrides_and_predicts_each_variant(tmp_path, tiny_checkpoint, capsys):
+    """What you lint is what you run: fit's own overrides change the plan the lint prints."""
+    config = tmp_path / "run.yaml"
+    config.write_text(f"model:\n  checkpoint_dir: {tiny_checkpoint}\n  rank: 8\n  alpha: 8\n  cfg_ratio: 0.15\n"
+                      "  gradient_checkpointing: true\n")
+    base = json.loads((tiny_checkpoint / "config.json").read_text())
+    runs = {"": RunShape(rank=8), "--model.quantize_base nf4": RunShape(rank=8, quantize_base="nf4"),
+            "--model.gradient_checkpointing false": RunShape(rank=8, gradient_checkpointing=False),
+            "--model.rank=4 --model.alpha=4": RunShape(rank=4)}
+    for overrides, shape in runs.items():
+        code, out, err = cli(["lint", "--config", str(config), *overrides.split()], capsys)
+        assert code == 0, err
+        assert f"predicted peak GPU memory ({shape.describe()})" in out
+        assert f"= {predict(base, shape).on_card_gib:.2f} GiB on the card" in out
+    assert predict(base, runs["--model.quantize_base nf4"]).allocated != predict(base, runs[""]).allocated
+
+
+def test_lint_override_errors_are_fits_one_line_errors(tmp_path, tiny_checkpoint, capsys):
+    config = tmp_path / "run.yaml"
+    config.write_text(f"model:\n  checkpoint_dir: {tiny_checkpoint}\n")
+    code, _, err = cli(["lint", "--config", str(config), "--model.no_such_field", "1"], capsys)
+    assert code == 2 and len(err.splitlines()) == 1 and "unrecognized arguments: --model.no_such_field" in err
+    code, _, err = cli(["lint", "--config", str(config), "--model.rank", "banana"], capsys)
+    assert code == 2 and len(err.splitlines()) == 1 and "model.rank" in err and "banana" in err
+    code, _, err = cli(["lint", "--config", str(config), "--model.quantize_base", "int4"], capsys)
+    assert code == 2 and "quantize_base" in err and "Traceback" not in err
+    with pytest.raises(SystemExit) as extra:
+        main(["inspect", str(config), "--model.rank", "4"])
+    assert extra.value.code == 2 and "unrecognized arguments" in capsys.readouterr().err

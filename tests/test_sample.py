@@ -1,5 +1,6 @@
 """`python -m housevox.sample` and the training AudioPreview, on the tiny checkpoint (CPU, 2 s, 2 steps)."""
 
+import contextlib
 import json
 import subprocess
 import sys
@@ -203,3 +204,27 @@ def test_audio_preview_writes_wav_and_tensorboard_audio(tiny_checkpoint, loras, 
     events.Reload()
     assert events.Tags()["audio"] == ["preview"]
     assert events.Audio("preview")[0].step == 10
+
+
+def test_borrowed_renderer_frees_its_parts_when_the_block_ends(tiny_checkpoint):
+    """Freed on leaving the block (where the callbacks' gc.collect and empty_cache run), not when a name goes."""
+    import gc
+    import weakref
+
+    from housevox.generate import borrowed_renderer
+
+    dit = load_dit(tiny_checkpoint)
+    for mode, failure in ((True, None), (False, RuntimeError("render failed"))):
+        dit.train(mode)
+        with pytest.raises(RuntimeError) if failure else contextlib.nullcontext():
+            with borrowed_renderer(dit, tiny_checkpoint) as renderer:
+                parts = [weakref.ref(renderer.vae), weakref.ref(renderer.builder), weakref.ref(renderer.silence_latent)]
+                assert not dit.training
+                if failure:
+                    raise failure
+        gc.disable()  # nothing after the block may be what frees them
+        try:
+            assert renderer is not None and all(part() is None for part in parts)
+        finally:
+            gc.enable()
+        assert dit.training == mode

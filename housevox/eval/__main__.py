@@ -111,8 +111,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     clap = load_embedding("clap", None, args.clap_model, device) if args.embedding == "clap" else None  # before any model
     renderer = Renderer.from_checkpoint(ckpt, device)
     embedding = clap or load_embedding("vae", renderer.vae)
-    evaluator = Evaluator(embedding, takes, RenderSettings(args.duration, args.steps, args.guidance_scale, args.shift),
-                          segments, train_rows, held_rows)
+    settings = RenderSettings.of(duration_s=args.duration, steps=args.steps, guidance_scale=args.guidance_scale,
+                                 shift=args.shift)
+    evaluator = Evaluator(embedding, takes, settings, segments, train_rows, held_rows)
     dit = load_dit(ckpt, dtype=model_dtype(device), device=device)
     from torch.utils.tensorboard import SummaryWriter
 

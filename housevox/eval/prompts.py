@@ -1,30 +1,29 @@
 """The fixed takes an eval renders: training prompts plus a few held-out ones, each with its own seed.
 
-A prompt carries the cache index's caption fields (`keyscale` is the musical key there).
+A prompt carries a take's caption fields, read from the cache index's rows (`keyscale` there is `key`).
 Training prompts test the style on what the LoRA saw; held-out prompts (captions of the
 validation tracks) test it on what it did not. The same takes are rendered for every epoch
 and for the base, so the scores differ by the weights alone.
 """
 
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 
 from housevox.errors import HousevoxError
+from housevox.generate import Caption
 from housevox.jsonfile import jsonl_rows
 
 DEFAULT_TAKES = 8
 DEFAULT_SEED = 42
-PROMPT_FIELDS = ("caption", "lyrics", "bpm", "keyscale", "timesignature", "language")
+INDEX_NAMES = {"key": "keyscale"}  # a Caption field under another name in the cache index (and eval.json)
+PROMPT_FIELDS = tuple(INDEX_NAMES.get(f.name, f.name) for f in fields(Caption))  # as the index rows name them
 
 
-@dataclass(frozen=True)
-class Prompt:
-    caption: str
-    lyrics: str | None = None
-    bpm: int | None = None
-    keyscale: str | None = None
-    timesignature: str | None = None
-    language: str | None = None
+@dataclass
+class Prompt(Caption):
+    """A take's caption fields and where they came from; the sampler's come from the eval's template take."""
+
+    language: str | None = None  # unset: the template's
     origin: str = "train"  # train | held_out | file
 
 
@@ -34,7 +33,7 @@ class EvalTake:
     seed: int
 
     def record(self) -> dict:
-        return {**asdict(self.prompt), "seed": self.seed}
+        return {**{INDEX_NAMES.get(k, k): v for k, v in asdict(self.prompt).items()}, "seed": self.seed}
 
 
 def distinct_prompts(rows: list[dict], origin: str) -> list[Prompt]:

@@ -4,12 +4,12 @@ The renders use the path `housevox.sample` and the preview use (upstream's sampl
 upstream noise, chunk mask "auto"), so a scored take is the take a producer would hear.
 """
 
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass, replace
 
 import torch
 
 from housevox.eval.prompts import EvalTake
-from housevox.generate import CHUNK_MASK_AUTO, DEFAULT_GUIDANCE_SCALE, Renderer, Take
+from housevox.generate import DEFAULT_GUIDANCE_SCALE, Renderer, Take
 from housevox.lora import set_lora_scale
 
 DEFAULT_DURATION_S = 30.0  # the segment length: renders and references cover the same span
@@ -18,18 +18,26 @@ __all__ = ["DEFAULT_DURATION_S", "DEFAULT_GUIDANCE_SCALE", "RenderSettings", "Re
 
 @dataclass(frozen=True)
 class RenderSettings:
-    duration_s: float
-    steps: int
-    guidance_scale: float
-    shift: float
-    guidance: str = "apg"
-    dcw: bool = True
-    chunk_mask: float = CHUNK_MASK_AUTO
+    """The sampler settings every take shares, as a template take; each take adds its prompt and seed."""
+
+    template: Take
+
+    @classmethod
+    def of(cls, **sampler) -> "RenderSettings":
+        """Take's sampler fields by name (duration_s, steps, guidance_scale, shift, ...); the rest its defaults."""
+        return cls(Take(caption="", **sampler))
+
+    def take(self, t: EvalTake) -> Take:
+        """The template with `t`'s caption fields and seed (a prompt without a language takes the template's)."""
+        fields = t.prompt.caption_fields()
+        return replace(self.template, **{**fields, "language": fields["language"] or self.template.language},
+                       seed=t.seed)
 
     def record(self) -> dict:
-        return {"duration_s": self.duration_s, "steps": self.steps, "guidance": self.guidance,
-                "guidance_scale": self.guidance_scale, "dcw": self.dcw, "chunk_mask": self.chunk_mask,
-                "shift": self.shift, "sampler": "housevox.generate"}
+        """eval.json's `render`: the template less its caption fields and seed, and the sampler's name."""
+        captioned = self.template.caption_fields()
+        shared = {k: v for k, v in asdict(self.template).items() if k not in captioned and k != "seed"}
+        return {**shared, "sampler": "housevox.generate"}
 
 
 def render_takes(dit, renderer: Renderer, takes: list[EvalTake], settings: RenderSettings,
@@ -39,13 +47,7 @@ def render_takes(dit, renderer: Renderer, takes: list[EvalTake], settings: Rende
     dit.eval()
     set_lora_scale(dit, lora_scale)
     try:
-        return [renderer.render(dit, Take(
-                    caption=t.prompt.caption, lyrics=t.prompt.lyrics, bpm=t.prompt.bpm, key=t.prompt.keyscale,
-                    timesignature=t.prompt.timesignature, language=t.prompt.language or "en",
-                    duration_s=settings.duration_s, steps=settings.steps, guidance=settings.guidance,
-                    guidance_scale=settings.guidance_scale, dcw=settings.dcw, chunk_mask=settings.chunk_mask,
-                    shift=settings.shift, seed=t.seed))
-                for t in takes]
+        return [renderer.render(dit, settings.take(t)) for t in takes]
     finally:
         set_lora_scale(dit, 1.0)
         dit.train(was_training)

@@ -1,4 +1,4 @@
-"""Adapters (LoRA, LoKr, DoRA) for the ACE-Step DiT: which modules get them, the file layouts, and the run lint."""
+"""Adapters (LoRA, LoKr, DoRA) for the ACE-Step DiT: which modules get them and the file layouts."""
 
 from housevox.lora.formats import (
     AdapterWeights,
@@ -14,7 +14,6 @@ from housevox.lora.formats import (
     write_diffusers_file,
     write_peft_folder,
 )
-from housevox.lora.lint import lint_notes, lint_run
 from housevox.lora.targets import (
     ADAPTER_TYPES,
     ORIGINAL_TO_DIFFUSERS,
@@ -31,6 +30,6 @@ from housevox.lora.targets import (
 
 __all__ = [
     "ADAPTER_TYPES", "AdapterWeights", "LoKrWeights", "ORIGINAL_TO_DIFFUSERS", "LoRAFile", "LoRASettings", "LoRAWeights", "TargetPlan", "apply_lora", "extract_lora",
-    "init_lora_weights", "lint_notes", "lint_run", "load_lora_into", "open_lora", "read_lora", "resolve_targets", "set_lora_scale", "set_sample_seeds",
+    "init_lora_weights", "load_lora_into", "open_lora", "read_lora", "resolve_targets", "set_lora_scale", "set_sample_seeds",
     "to_diffusers_path", "to_original_path", "write_acestep_lokr", "write_comfyui_file", "write_diffusers_file", "write_peft_folder",
 ]

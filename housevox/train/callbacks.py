@@ -23,6 +23,12 @@ def run_dir(trainer: L.Trainer) -> Path:
     return Path(trainer.logger.log_dir if trainer.logger else trainer.default_root_dir)
 
 
+def tensorboard_writer(trainer: L.Trainer):
+    """The run's TensorBoard SummaryWriter (housevox.fit's logger), or None when the trainer logs elsewhere."""
+    logger = next((lg for lg in trainer.loggers if isinstance(lg, TensorBoardLogger)), None)
+    return logger.experiment if logger is not None else None
+
+
 def _epoch_complete(trainer: L.Trainer) -> bool:
     """False when the epoch was cut short (the non-finite guard stopped it): then no epoch checkpoint or LoRA
     may claim it, and last.ckpt must stay the guard's, from which a resume finishes the epoch."""
@@ -110,8 +116,8 @@ class HeavyLogger(L.Callback):
 
     def on_before_optimizer_step(self, trainer, pl_module, optimizer) -> None:
         every = pl_module.hparams.log_heavy_every
-        logger = trainer.logger
-        if not every or (trainer.global_step + 1) % every or not isinstance(logger, TensorBoardLogger):
+        writer = tensorboard_writer(trainer) if every and (trainer.global_step + 1) % every == 0 else None
+        if writer is None:
             return
         grads, b_norms = {}, {}
         for name, p in pl_module.named_parameters():
@@ -124,9 +130,9 @@ class HeavyLogger(L.Callback):
                 b_norms[block] = p.detach().float().norm()
         step = trainer.global_step + 1
         if grads:
-            logger.experiment.add_histogram("heavy/grad_norm_per_module", torch.stack(list(grads.values())).sqrt(), step)
+            writer.add_histogram("heavy/grad_norm_per_module", torch.stack(list(grads.values())).sqrt(), step)
         if b_norms:
-            logger.experiment.add_histogram("heavy/lora_B_norm_per_module", torch.stack(list(b_norms.values())), step)
+            writer.add_histogram("heavy/lora_B_norm_per_module", torch.stack(list(b_norms.values())), step)
 
 
 class NonFiniteLossGuard(L.Callback):
@@ -271,44 +277,6 @@ def training_metadata(trainer, pl_module, epoch: int) -> dict[str, str]:
         "cfg_ratio": str(hp.cfg_ratio), "seed": str(pl_module.run_seed),
         "dataset_hash": getattr(datamodule, "dataset_hash", lambda: "")() if datamodule else "",
     }
-
-
-class RunLint(L.Callback):
-    """Prints the configuration lint before any compute is spent (the V1 alpha-6 story, dead targets...).
-
-    On CUDA it adds the predicted peak memory and step time, checked against the card's own size.
-    """
-
-    def on_train_start(self, trainer, pl_module) -> None:
-        from housevox.lora import lint_run
-
-        if not trainer.is_global_zero or trainer.global_step > 0:
-            return
-        hp = pl_module.hparams
-        warnings = lint_run(pl_module.lora_settings, cfg_ratio=hp.cfg_ratio, model_version=pl_module.config.model_version,
-                            warmup_steps=hp.warmup_steps, total_steps=int(trainer.estimated_stepping_batches),
-                            num_cycles=hp.num_cycles, cycle_steps=hp.cycle_steps, plan=pl_module.plan,
-                            eval_every_n_epochs=hp.eval_every_n_epochs, eval_takes=hp.eval_takes,
-                            inference_steps=hp.num_inference_steps, max_epochs=trainer.max_epochs,
-                            segments_per_step=getattr(trainer.datamodule, "batch_size", 1) * trainer.accumulate_grad_batches,
-                            quantize_base=hp.quantize_base, compile=hp.get("compile", False))
-        if pl_module.device.type == "cuda":
-            notes, memory_warnings = predicted_memory(trainer, pl_module)
-            for line in notes:
-                log.info("lint: %s", line)
-            warnings += memory_warnings
-        for line in warnings:
-            log.warning("lint: %s", line)
-
-
-def predicted_memory(trainer, pl_module) -> tuple[list[str], list[str]]:
-    """The memory lint for this run on this CUDA card (its name picks the step-time peak, its size the budget)."""
-    from housevox.train.memory import RunShape, card_for, memory_lint
-
-    datamodule = getattr(trainer, "datamodule", None)
-    shape = RunShape.from_settings(dict(pl_module.hparams), batch_size=getattr(datamodule, "batch_size", None) or 1)
-    props = torch.cuda.get_device_properties(pl_module.device)
-    return memory_lint(pl_module.config.raw, shape, props.total_memory / 2**30, card_for(props.name))
 
 
 class RunProfile(L.Callback):

@@ -5,20 +5,18 @@ takes, and the first one also the base's, which costs GPU time the lint states u
 The scores are the ones `python -m housevox.eval` writes (same takes, same eval.json).
 """
 
-import gc
 import logging
 
 import lightning as L
-import torch
-from lightning.pytorch.loggers import TensorBoardLogger
 from lightning.pytorch.utilities import rank_zero_only
 
 from housevox.acestep import open_checkpoint
 from housevox.eval.embed import DEFAULT_CLAP, load_embedding
 from housevox.eval.evaluator import Evaluator
 from housevox.eval.prompts import DEFAULT_SEED, distinct_prompts, plan_takes
-from housevox.eval.render import DEFAULT_GUIDANCE_SCALE, DEFAULT_DURATION_S, Renderer, RenderSettings
-from housevox.train.callbacks import export_file, run_dir
+from housevox.eval.render import DEFAULT_GUIDANCE_SCALE, DEFAULT_DURATION_S, RenderSettings
+from housevox.generate import borrowed_renderer
+from housevox.train.callbacks import export_file, run_dir, tensorboard_writer
 
 log = logging.getLogger("housevox")
 
@@ -46,21 +44,18 @@ class ExportEval(L.Callback):
         epoch = trainer.current_epoch + 1
         if hp.eval_every_n_epochs <= 0 or epoch % hp.eval_every_n_epochs:
             return
-        device = next(pl_module.dit.parameters()).device
-        renderer = Renderer.from_checkpoint(open_checkpoint(hp.checkpoint_dir), device)
-        embedding = load_embedding(hp.eval_embedding, renderer.vae, DEFAULT_CLAP, device)
-        try:
-            if self.evaluator is None:
-                self.evaluator = self._evaluator(trainer, pl_module, embedding)
-            row = self.evaluator.score_epoch(pl_module.dit, renderer, embedding, run_dir(trainer), epoch, trainer.global_step,
-                                             export_file(trainer, epoch).name, _writer(trainer))
-            log.info("eval: epoch %d: FAD to training set %.4g (base %.4g)", epoch, row["fad_train"],
-                     self.evaluator.doc["base"]["fad_train"])
-        finally:
-            del renderer, embedding
-            gc.collect()
-            if device.type == "cuda":
-                torch.cuda.empty_cache()
+        with borrowed_renderer(pl_module.dit, open_checkpoint(hp.checkpoint_dir)) as renderer:
+            device = next(pl_module.dit.parameters()).device
+            embedding = load_embedding(hp.eval_embedding, renderer.vae, DEFAULT_CLAP, device)
+            try:
+                if self.evaluator is None:
+                    self.evaluator = self._evaluator(trainer, pl_module, embedding)
+                row = self.evaluator.score_epoch(pl_module.dit, renderer, embedding, run_dir(trainer), epoch,
+                                                 trainer.global_step, export_file(trainer, epoch).name, _writer(trainer))
+            finally:
+                del embedding  # before the renderer is freed: it may hold the renderer's VAE
+        log.info("eval: epoch %d: FAD to training set %.4g (base %.4g)", epoch, row["fad_train"],
+                 self.evaluator.doc["base"]["fad_train"])
 
     @staticmethod
     def _evaluator(trainer, pl_module, embedding) -> Evaluator:
@@ -68,12 +63,13 @@ class ExportEval(L.Callback):
         train, held_out = data.train_set.entries, data.val_set.entries
         takes = plan_takes(distinct_prompts(train, "train"), distinct_prompts(held_out, "held_out"), hp.eval_takes,
                            DEFAULT_SEED)
-        settings = RenderSettings(DEFAULT_DURATION_S, hp.num_inference_steps, DEFAULT_GUIDANCE_SCALE, hp.shift)
+        settings = RenderSettings.of(duration_s=DEFAULT_DURATION_S, steps=hp.num_inference_steps,
+                                     guidance_scale=DEFAULT_GUIDANCE_SCALE, shift=hp.shift)
         return Evaluator(embedding, takes, settings, data.segments_dir, train, held_out)
 
 
 def _writer(trainer):
-    for logger in trainer.loggers:
-        if isinstance(logger, TensorBoardLogger):
-            return logger.experiment
-    raise RuntimeError("eval_every_n_epochs needs the TensorBoard logger (housevox.fit sets it)")
+    writer = tensorboard_writer(trainer)
+    if writer is None:
+        raise RuntimeError("eval_every_n_epochs needs the TensorBoard logger (housevox.fit sets it)")
+    return writer

@@ -4,17 +4,15 @@ The clip goes through `housevox.generate`, the path `python -m housevox.sample` 
 so a preview sounds like the exported LoRA at the same settings (upstream's APG, DCW, chunk mask).
 """
 
-import gc
 import logging
 from dataclasses import asdict
 
 import lightning as L
 import torch
-from lightning.pytorch.loggers import TensorBoardLogger
 from lightning.pytorch.utilities import rank_zero_only
 
-from housevox.generate import DEFAULT_PROMPT, SAMPLE_RATE, Renderer, Take, write_wav
-from housevox.train.callbacks import run_dir
+from housevox.generate import DEFAULT_PROMPT, SAMPLE_RATE, Take, borrowed_renderer, write_wav
+from housevox.train.callbacks import run_dir, tensorboard_writer
 
 log = logging.getLogger("housevox")
 
@@ -54,24 +52,12 @@ class AudioPreview(L.Callback):
         path = run_dir(trainer) / "samples" / f"epoch_{trainer.current_epoch + 1:03d}.wav"  # 1-based, like lora/epoch_NNN
         write_wav(path, audio, {**asdict(take), "epoch": trainer.current_epoch, "global_step": trainer.global_step})
         log.info("preview: wrote %s", path)
-        for logger in trainer.loggers:
-            if isinstance(logger, TensorBoardLogger):
-                logger.experiment.add_audio("preview", audio.mean(0, keepdim=True).clamp(-1, 1), trainer.global_step,
-                                            sample_rate=SAMPLE_RATE)
+        writer = tensorboard_writer(trainer)
+        if writer is not None:
+            writer.add_audio("preview", audio.mean(0, keepdim=True).clamp(-1, 1), trainer.global_step,
+                             sample_rate=SAMPLE_RATE)
 
     @staticmethod
     def render(pl_module, take: Take) -> torch.Tensor:
-        """Render with `pl_module.dit` in eval mode, restoring its train/eval state after."""
-        dit, ckpt = pl_module.dit, pl_module.hparams.checkpoint_dir
-        device = next(dit.parameters()).device
-        renderer = Renderer.from_checkpoint(ckpt, device)
-        was_training = dit.training
-        dit.eval()
-        try:
-            return renderer.render(dit, take)
-        finally:
-            dit.train(was_training)
-            del renderer
-            gc.collect()
-            if device.type == "cuda":
-                torch.cuda.empty_cache()
+        with borrowed_renderer(pl_module.dit, pl_module.hparams.checkpoint_dir) as renderer:
+            return renderer.render(pl_module.dit, take)

@@ -25,7 +25,7 @@ class AutoBatchSize(L.Callback):
             datamodule.batch_size = 1
             log.info("batch_size auto: 1 x accumulate_grad_batches %d (not on a GPU)", effective)
             return
-        from housevox.train.memory import RunShape, auto_batch_size
+        from housevox.plan.memory import RunShape, auto_batch_size
 
         device = trainer.strategy.root_device
         longest = max(row["L"] for row in datamodule.train_set.entries)
