@@ -137,3 +137,18 @@ def test_batch_size_auto_stays_one_on_cpu_and_says_so(tmp_path, tiny_checkpoint,
     assert result.returncode == 0, result.stderr[-3000:]
     assert "batch_size auto: 1 x accumulate_grad_batches 4 (not on a GPU)" in result.stderr
     assert torch.load(tmp_path / "lightning_logs/demo/checkpoints/last.ckpt", weights_only=True)["global_step"] == 2
+
+
+def test_draws_belong_to_the_sample_not_to_its_batch_or_rank(tiny_checkpoint):
+    """What makes any split (and any DDP rank) exact: a sample's draws depend on (run seed, epoch, index) alone."""
+    from housevox.data import SeededBatchSampler
+    from housevox.train.module import HouseVoxLoRA
+
+    module = HouseVoxLoRA(str(tiny_checkpoint), rank=4, alpha=4, seed=5, cfg_ratio=0.5)
+    both, alone = module.sample_draws([3, 8], 20, 4), module.sample_draws([8], 20, 4)
+    assert torch.equal(both["noise"][1], alone["noise"][0]) and torch.equal(both["t"][1:], alone["t"])
+    assert both["sample_seeds"][1] == alone["sample_seeds"][0] != both["sample_seeds"][0]
+    assert not torch.equal(both["noise"][0], both["noise"][1]) and both["t"][0] != both["t"][1]
+    ranks = [SeededBatchSampler([(750, 6)] * 8, 2, seed=5, num_replicas=2, rank=r) for r in (0, 1)]
+    indices = [sum(list(sampler), []) for sampler in ranks]
+    assert not set(indices[0]) & set(indices[1]), "2 gloo ranks train different samples, so they draw different noise"
