@@ -203,3 +203,15 @@ def test_lint_override_errors_are_fits_one_line_errors(tmp_path, tiny_checkpoint
     with pytest.raises(SystemExit) as extra:
         main(["inspect", str(config), "--model.rank", "4"])
     assert extra.value.code == 2 and "unrecognized arguments" in capsys.readouterr().err
+
+
+def test_lint_states_the_compile_cost_and_plans_batch_size_auto_as_one(tmp_path, tiny_checkpoint, capsys):
+    config = tmp_path / "run.yaml"
+    config.write_text(f"model:\n  checkpoint_dir: {tiny_checkpoint}\n  rank: 8\n  alpha: 8\n  cfg_ratio: 0.15\n"
+                      "data:\n  batch_size: auto\n")
+    code, out, err = cli(["lint", "--config", str(config), "--model.compile", "true"], capsys)
+    assert code == 0, err
+    assert "compile true: the first steps of every fit process" in out and "one-time cost" in out
+    assert f"predicted peak GPU memory ({RunShape(rank=8).describe()})" in out, "auto is planned at batch 1"
+    code, out, _ = cli(["lint", "--config", str(config)], capsys)
+    assert code == 0 and "compile true" not in out
