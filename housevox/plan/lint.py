@@ -22,8 +22,8 @@ XL_FORWARD_TFLOP = 3.68  # one XL DiT forward of a 30 s segment (T 750, L 769), 
 COMPILE_COST = (
     "compile true: the first steps of every fit process (a resume too) compile one DiT block with torch.compile "
     "(regional: the graph is shared by all blocks), a one-time cost before the speed-up, paid again when a new "
-    "condition length or batch size first reaches it, until dynamo marks them dynamic; measured 4-5 minutes for the "
-    "first step on the tiny model on a loaded 2-core CPU (benchmarks/RESULTS.md, mostly C++ compilation), not yet "
+    "condition length or batch size first reaches it, until dynamo marks them dynamic; measured 4-6 minutes for the "
+    "first step (tiny model, and one XL-width block) on a loaded 2-core CPU (benchmarks/RESULTS.md), not yet "
     "measured on a GPU. It pays off only on long runs"
 )
 
