@@ -5,7 +5,8 @@ The run seed decides everything random: the LoRA initialisation (per module, fro
 per sample, from (run seed, epoch, sample index). The loss is a sum over samples divided
 by the micro-batch size, so each sample weighs 1 / (batch_size · accumulate) in its optimizer
 step whatever the split (a short last batch included): 1 × 4, 2 × 2 and 4 × 1 train the same
-LoRA up to float summation order. A run's LoRA depends only on its config, data, base and seed,
+LoRA up to float summation order (LoKr's rank dropout, drawn inside PEFT from the global RNG,
+is seeded per micro-batch instead). A run's LoRA depends only on its config, data, base and seed,
 and a resumed run repeats the same losses exactly: nothing but the loop counters has to survive a crash.
 """
 
@@ -279,10 +280,10 @@ class HouseVoxLoRA(L.LightningModule):
         return {"loss": losses.sum() / self.micro_batch_size(batch), "sample_losses": losses.detach()}
 
     def validation_step(self, batch: dict, batch_idx: int) -> None:
-        """Deterministic: fixed noise per batch, the same t grid every epoch, no CFG dropout."""
+        """Deterministic: fixed noise per sample (whatever the batch size), the same t grid every epoch, no CFG dropout."""
         x0 = batch["target_latents"]
-        gen = derived_generator(VAL_NOISE_SEED, batch_idx)
-        noise = torch.randn(x0.shape, generator=gen).to(self.device)
+        noise = torch.stack([torch.randn(x0.shape[1:], generator=derived_generator(VAL_NOISE_SEED, i))
+                             for i in batch["index"].tolist()]).to(self.device)
         losses = [self.flow_loss(batch, torch.full((x0.shape[0],), t, device=self.device), noise) for t in VAL_TIMESTEPS]
         self.log("val/loss", torch.stack(losses).mean(), on_epoch=True, batch_size=x0.shape[0], sync_dist=True)
 
