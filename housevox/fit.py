@@ -161,6 +161,8 @@ def _cli(cli_class: type[HouseVoxCLI], argv: list[str]) -> HouseVoxCLI:
     """`cli_class` on fit's arguments (`--preset` expanded, `--config` files checked); config errors are one line."""
     # argv is always passed explicitly (after --preset expansion); Lightning would warn that sys.argv differs.
     warnings.filterwarnings("ignore", message="LightningCLI's args parameter is intended")
+    # HouseVoxLoRA draws each batch's noise on the host in on_before_batch_transfer; the datamodule has no such hook.
+    warnings.filterwarnings("ignore", message="You have overridden `on_before_batch_transfer`")
     argv = _expand_preset(argv)
     _check_config_files(argv)
     try:
