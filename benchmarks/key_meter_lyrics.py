@@ -13,6 +13,7 @@ Lyrics: windows (as prep cuts them) holding exactly the lines sung more than hal
 
 import argparse
 import json
+from dataclasses import asdict
 import tempfile
 from pathlib import Path
 
@@ -23,39 +24,13 @@ import soundfile as sf
 from housevox.audio import analysis
 from housevox.audio.slicing import plan_segments
 from housevox.lyrics import parse_lrc, window_lyrics
-from housevox.recorded_set import write_recorded_set
-
-NAMES = {name: pc for pc, name in enumerate(analysis.PITCH_NAMES)}
-
-
-def mirex(estimate: str, truth: str) -> tuple[float, str]:
-    if estimate == truth:
-        return 1.0, "exact"
-    if estimate == "N/A":
-        return 0.0, "N/A"
-    (e, em), (t, tm) = ((NAMES[k.split()[0]], k.split()[1]) for k in (estimate, truth))
-    if em == tm and (e - t) % 12 in (5, 7):
-        return 0.5, "fifth"
-    if em != tm and (e - t) % 12 == (9 if tm == "major" else 3):
-        return 0.3, "relative"
-    if em != tm and e == t:
-        return 0.2, "parallel"
-    return 0.0, "other"
-
+from housevox.metas import METAS, measured_value
+from housevox.recorded_set import lines_sung_in, mirex_score, write_recorded_set
 
 def baseline_key(y: np.ndarray, sr: int) -> str:
     chroma = librosa.feature.chroma_stft(y=y, sr=sr).mean(axis=1)
     scores = analysis.key_scores(chroma, analysis.PROFILES)
     return analysis.keyscale_name(*max(scores, key=scores.get))
-
-
-def sung_lines_per_window(truth: dict, windows: list[tuple[float, float]]) -> list[list[str]]:
-    """The ground truth: each window's lines sung more than half inside it, in order."""
-    out = []
-    for start, end in windows:
-        out.append([line["text"] for line in truth["lines"]
-                    if min(end, line["end_s"]) - max(start, line["start_s"]) > 0.5 * (line["end_s"] - line["start_s"])])
-    return out
 
 
 def texts(window: str) -> list[str]:
@@ -95,18 +70,18 @@ def evaluate(wavs: list[Path], details: bool) -> None:
         audio, sr = sf.read(wav, dtype="float32", always_2d=True)
         mono = audio.mean(axis=1)
         metas = analysis.analyze(mono, sr)
-        values = {f: analysis.reported(getattr(metas, f), f) for f in ("bpm", "key", "timesignature")}
+        values = {f: measured_value(f, asdict(getattr(metas, f))) for f in METAS}  # as prep writes them
         for field, value in values.items():
             ours["na"][field] += value == "N/A"
         ours["tempo"] += values["bpm"] != "N/A" and abs(values["bpm"] - truth["bpm"]) <= 1.0
-        ours["key"].append(mirex(values["key"], truth["key"]))
+        ours["key"].append(mirex_score(values["key"], truth["key"]))
         ours["meter"] += values["timesignature"] == truth["timesignature"]
         base["tempo"] += abs(float(librosa.feature.tempo(y=mono, sr=sr)[0]) - truth["bpm"]) <= 1.0
-        base["key"].append(mirex(baseline_key(mono, sr), truth["key"]))
+        base["key"].append(mirex_score(baseline_key(mono, sr), truth["key"]))
         base["meter"] += truth["timesignature"] == "4"
 
         windows = [(s.start / sr, s.end / sr) for s in plan_segments(mono, sr)]
-        expected = sung_lines_per_window(truth, windows)
+        expected = lines_sung_in(truth, windows)
         lines = parse_lrc(wav.with_suffix(".lrc").read_text(), mono.size / sr)
         ours["windows"] += sum(texts(got) == want for got, want in zip(window_lyrics(lines, windows), expected))
         base["windows"] += sum(got == want for got, want in zip(by_start(lines, windows), expected))

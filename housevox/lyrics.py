@@ -5,8 +5,9 @@ An LRC line is `[mm:ss.xx] text` (several time tags may share one text; `[mm:ss]
 skipped except `[offset:±ms]`; any other `[...]` alone on a line is a section tag (`[verse]`,
 `[Chorus 2]`), timed or not. A line's sung span ends at the next timed line (an empty one, `[mm:ss.xx]`
 with no text, marks where singing stops), at most LINE_MAX_S later. The last line, when no end marker
-follows it, is estimated to last as long as the median of the track's other lines (LAST_LINE_S when it
-is the only one), never past the track's end. A line goes into every window holding more than half of
+follows it, is estimated to last as long as the median of the track's lines that an end marker closes
+(they time the singing itself; else of all its other lines; LAST_LINE_S for a lone line), never past the
+track's end. A line goes into every window holding more than half of
 its span: with windows overlapping by 1 s, a line sung across the overlap is in both.
 """
 
@@ -88,7 +89,8 @@ def parse_lrc(text: str, duration_s: float | None = None) -> list[LyricLine]:
     """The sung lines of an LRC text, each with its end and its section; LrcError on a malformed line."""
     events = _events(text)
     lyric_times = [t for t, _, body, _ in events if body is not None]
-    lines, section, open_last = [], None, None
+    markers = {t for t, _, body, _ in events if body == ""}
+    lines, marked, section, last = [], [], None, []
     for t, _, body, tag in events:
         if tag is not None:
             section = tag
@@ -96,15 +98,17 @@ def parse_lrc(text: str, duration_s: float | None = None) -> list[LyricLine]:
         if not body:
             continue
         later = [u for u in lyric_times if u > t]
-        if not later:
-            open_last = (t, body, section)
+        if not later:  # the last line(s), with no end marker after them
+            last.append((t, body, section))
             continue
         end = min(t + LINE_MAX_S, later[0], duration_s if duration_s is not None else math.inf)
         if end > t:
             lines.append(LyricLine(t, end, body, section))
-    if open_last is not None:
-        t, body, tag = open_last
-        estimate = float(np.median([line.end_s - line.start_s for line in lines])) if lines else LAST_LINE_S
+            if end == later[0] and end in markers:
+                marked.append(end - t)
+    known = marked or [line.end_s - line.start_s for line in lines]
+    estimate = float(np.median(known)) if known else LAST_LINE_S
+    for t, body, tag in last:
         end = min(t + estimate, duration_s if duration_s is not None else math.inf)
         if end > t:
             lines.append(LyricLine(t, end, body, tag))

@@ -12,6 +12,7 @@ import re
 
 from housevox.audio import analysis
 
+METAS = ("bpm", "key", "timesignature")
 BPM_MIN, BPM_MAX = 30, 300
 TIME_SIGNATURES = {"2": "2", "2/4": "2", "2/2": "2", "3": "3", "3/4": "3", "3/8": "3", "4": "4", "4/4": "4", "c": "4",
                    "6": "6", "6/8": "6"}

@@ -35,7 +35,7 @@ from housevox.audio.slicing import plan_segments
 from housevox.errors import HousevoxError, UsageError, run_cli
 from housevox.jsonfile import read_json_object
 from housevox.lyrics import LrcError, parse_lrc, plain_lyrics, window_lyrics
-from housevox.metas import MetaError, measured_value, normalise
+from housevox.metas import METAS, MetaError, measured_value, normalise
 
 PREP_VERSION = 1  # bump when the audio written for the same input and settings changes
 SAMPLE_RATE = 44100
@@ -47,7 +47,6 @@ AUDIO_SUFFIXES = {".wav", ".wave", ".flac", ".ogg", ".oga", ".opus", ".mp3", ".a
 # fix, instead of the track silently missing from the dataset.
 UNSUPPORTED_SUFFIXES = {".m4a", ".aac", ".mp4", ".wma", ".alac", ".ape", ".wv", ".caf"}
 CAPTION_FIELDS = ("caption", "lyrics", "bpm", "key", "timesignature", "language")
-METAS = ("bpm", "key", "timesignature")
 OVERRIDE_HINT = 'override a value in the track\'s <stem>.json sidecar, e.g. {"bpm": 124, "key": "F# minor", "timesignature": "4"}'
 DONE_DIR = ".prep-done"
 

@@ -29,7 +29,7 @@ from pathlib import Path
 import numpy as np
 
 from housevox.atomic import write_json, write_text
-from housevox.audio.analysis import keyscale_name
+from housevox.audio.analysis import PITCH_NAMES, keyscale_name
 from housevox.errors import HousevoxError, run_cli
 
 SOUNDFONT = Path("/usr/share/sounds/sf2/FluidR3_GM.sf2")
@@ -299,6 +299,30 @@ def render(midi: bytes, wav: Path) -> None:
                         str(SOUNDFONT), str(mid)], check=True, capture_output=True)
         wav.parent.mkdir(parents=True, exist_ok=True)
         shutil.move(out, wav)
+
+
+def mirex_score(estimate: str, truth: str) -> tuple[float, str]:
+    """MIREX key score and kind: 1 exact, 0.5 a fifth off, 0.3 relative, 0.2 parallel, 0 otherwise (N/A too)."""
+    if estimate == truth:
+        return 1.0, "exact"
+    if estimate == "N/A":
+        return 0.0, "N/A"
+    names = {name: pc for pc, name in enumerate(PITCH_NAMES)}
+    (e, em), (t, tm) = ((names[k.split()[0]], k.split()[1]) for k in (estimate, truth))
+    if em == tm and (e - t) % 12 in (5, 7):
+        return 0.5, "fifth"
+    if em != tm and (e - t) % 12 == (9 if tm == "major" else 3):
+        return 0.3, "relative"
+    if em != tm and e == t:
+        return 0.2, "parallel"
+    return 0.0, "other"
+
+
+def lines_sung_in(truth: dict, windows: list[tuple[float, float]]) -> list[list[str]]:
+    """Ground truth per window (start_s, end_s): the lines sung more than half inside it, in order."""
+    return [[line["text"] for line in truth["lines"]
+             if min(end, line["end_s"]) - max(start, line["start_s"]) > 0.5 * (line["end_s"] - line["start_s"])]
+            for start, end in windows]
 
 
 def write_recorded_set(out_dir: str | Path, n_tracks: int = 24, seed: int = 0) -> list[Path]:

@@ -62,24 +62,13 @@ def test_an_end_marker_ends_a_line():
     assert window_lyrics(unmarked, windows(100))[:2] == [INSTRUMENTAL, "short\nnext"]
 
 
-def test_the_last_line_without_an_end_marker_lasts_the_median_of_the_others():
-    lines = parse_lrc("[00:01.00] a\n[00:03.00]\n[00:05.00] b\n[00:09.00]\n[00:10.00] c\n[00:13.00]\n[00:28.50] last\n", duration_s=100)
-    assert (lines[-1].start_s, lines[-1].end_s) == (28.5, 31.5)  # median of 2, 4, 3 s
-    assert window_lyrics(lines, windows(100))[1] == "last"  # 2.5 of its 3 s lie in [29, 59), 1.5 in [0, 30)
+def test_the_last_line_without_an_end_marker_lasts_the_median_of_the_lines_end_markers_close():
+    """'a' runs into the next line (8 s, breath and gap included); 'b' and 'c' are closed by markers: 2 and 3 s."""
+    lines = parse_lrc("[00:01.00] a\n[00:09.00] b\n[00:11.00]\n[00:12.00] c\n[00:15.00]\n[00:28.50] last\n", duration_s=100)
+    assert (lines[-1].start_s, lines[-1].end_s) == (28.5, 31.0)
+    assert window_lyrics(lines, windows(100))[:2] == ["a\nb\nc\nlast", "last"]  # 1.5 of 2.5 s in [0, 30), 2.0 in [29, 59)
+    assert parse_lrc("[00:01.00] a\n[00:04.00] b\n", duration_s=100)[-1].end_s == 7.0  # no markers: all other lines
     assert parse_lrc("[00:20.00] alone\n", duration_s=22.0)[0].end_s == 22.0  # LAST_LINE_S, cut at the track end
-
-
-def test_window_without_a_sung_line_is_instrumental():
-    assert window_lyrics(parse_lrc(LRC, duration_s=100), windows(100))[3] == INSTRUMENTAL
-    assert window_lyrics([], windows(40)) == [INSTRUMENTAL, INSTRUMENTAL]
-
-
-def test_end_anchored_last_window_gets_every_line_it_holds_whole():
-    """Track of 100 s: the last window [70, 100) overlaps [58, 88) by 18 s; a line inside both goes to both."""
-    lrc = "[01:15.00] in the overlap\n[01:19.00]\n[01:26.00] over the end of the third window\n[01:31.00]\n"
-    third, last = window_lyrics(parse_lrc(lrc, duration_s=100), windows(100))[2:]
-    assert third == "in the overlap"
-    assert last == "in the overlap\nover the end of the third window"
 
 
 def test_line_ends_at_the_next_timed_line_at_most_ten_seconds_and_at_the_track_end():

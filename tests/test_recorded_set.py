@@ -14,21 +14,9 @@ import soundfile as sf
 from housevox.audio import analysis
 from housevox.audio.slicing import plan_segments
 from housevox.lyrics import parse_lrc, window_lyrics
-from housevox.recorded_set import write_recorded_set
+from housevox.recorded_set import lines_sung_in, mirex_score, write_recorded_set
 
 pytestmark = pytest.mark.slow
-SEMITONE = {name: pc for pc, name in enumerate(analysis.PITCH_NAMES)}
-
-
-def mirex(estimate, truth):
-    if estimate == truth:
-        return 1.0
-    (e, em), (t, tm) = ((SEMITONE[k.split()[0]], k.split()[1]) for k in (estimate, truth))
-    if em == tm and (e - t) % 12 in (5, 7):
-        return 0.5
-    if em != tm and (e - t) % 12 == (9 if tm == "major" else 3):
-        return 0.3
-    return 0.2 if em != tm and e == t else 0.0
 
 
 @pytest.fixture(scope="module")
@@ -59,7 +47,7 @@ def test_meter_right_on_every_track(recorded):
 
 def test_key_mirex_score_beats_the_textbook_estimate(recorded):
     """Mean chroma + Krumhansl-Kessler scored 0.70 on these 12 tracks (benchmarks/key_meter_lyrics.py)."""
-    scores = [mirex(m.key.value, t["key"]) for t, m, *_ in recorded]
+    scores = [mirex_score(m.key.value, t["key"])[0] for t, m, *_ in recorded]
     assert np.mean(scores) >= 0.78 and sum(s == 1.0 for s in scores) >= 8
 
 
@@ -67,9 +55,7 @@ def test_every_window_holds_exactly_the_lines_sung_mostly_inside_it(recorded):
     checked = 0
     for truth, _, windows, duration, lrc in recorded:
         got = window_lyrics(parse_lrc(lrc, duration), windows)
-        for (start, end), text in zip(windows, got):
-            want = [line["text"] for line in truth["lines"]
-                    if min(end, line["end_s"]) - max(start, line["start_s"]) > 0.5 * (line["end_s"] - line["start_s"])]
+        for text, want in zip(got, lines_sung_in(truth, windows)):
             assert [x for x in text.split("\n") if x and not x.startswith("[")] == want
             checked += 1
     assert checked >= 30

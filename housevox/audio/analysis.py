@@ -90,11 +90,6 @@ class TrackMetas:
         return asdict(self)
 
 
-def reported(measured: Measured, field: str) -> float | str:
-    """The measured value, or "N/A" when its confidence is below the field's N/A threshold."""
-    return "N/A" if measured.confidence < NA_BELOW[field] else measured.value
-
-
 def keyscale_name(pitch_class: int, mode: str) -> str:
     return f"{PITCH_NAMES[pitch_class % 12]} {mode}"
 
