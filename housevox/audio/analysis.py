@@ -32,7 +32,7 @@ import librosa.feature  # librosa imports its parts on first use: here instead, 
 import librosa.onset
 import numpy as np
 
-ANALYSIS_VERSION = 1  # bump when a measured value can change for the same audio
+ANALYSIS_VERSION = 2  # bump when a measured value can change for the same audio
 SAMPLE_RATE = 11025
 HOP = 256  # onset envelope at 43 frames/s: the tempo's precision comes from the whole track, not the frame rate
 KEY_FFT, KEY_HOP = 8192, 2048  # 1.35 Hz bins: bass notes a semitone apart (3.9 Hz at 65 Hz) fall in different bins
