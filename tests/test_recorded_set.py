@@ -46,9 +46,10 @@ def test_meter_right_on_every_track(recorded):
 
 
 def test_key_mirex_score_beats_the_textbook_estimate(recorded):
-    """Mean chroma + Krumhansl-Kessler scored 0.70 on these 12 tracks (benchmarks/key_meter_lyrics.py)."""
+    """Mean chroma + Krumhansl-Kessler scored 0.70 on these 12 tracks (benchmarks/key_meter_lyrics.py); the
+    previous estimator (profiles alone) 0.83, with the bar roots' cadences deciding between a key and its relative 0.88."""
     scores = [mirex_score(m.key.value, t["key"])[0] for t, m, *_ in recorded]
-    assert np.mean(scores) >= 0.78 and sum(s == 1.0 for s in scores) >= 8
+    assert np.mean(scores) >= 0.85 and sum(s == 1.0 for s in scores) >= 10
 
 
 def test_every_window_holds_exactly_the_lines_sung_mostly_inside_it(recorded):

@@ -13,7 +13,10 @@ decisions on top are small and explicit:
   correlated with Krumhansl-Kessler profiles that include each note's first six harmonics (Gomez
   2006: a recorded note's 3rd harmonic sits on its fifth, which pulls a plain profile match a fifth
   up); the bass counts half. Measured on recorded instruments (benchmarks/key_meter_lyrics.py) this
-  beats the textbook mean-chroma match and Faraldo's EDM profiles.
+  beats the textbook mean-chroma match and Faraldo's EDM profiles. A key and its relative share their
+  notes, and a loop such as i-VII-VI-VII fits both; between the two, the bass's cadences decide: per bar
+  (downbeat where the sound changes most) its root, once the pitches that sound all through the track
+  (a tuned kick) are taken off, and which of the two tonics the roots resolve to (V-I; IV-I or VII-i).
 - time signature, in ACE-Step's vocabulary 2, 3, 4, 6: house is 4 unless the audio says otherwise
   strongly. 6 (6/8) when the beat is divided in three: the onset envelope at the beat's thirds is
   well above its level at the half beat, where 4/4's off-beats sit. 3 when the sound of each beat
@@ -32,13 +35,21 @@ import librosa.feature  # librosa imports its parts on first use: here instead, 
 import librosa.onset
 import numpy as np
 
-ANALYSIS_VERSION = 2  # bump when a measured value can change for the same audio
+ANALYSIS_VERSION = 3  # bump when a measured value can change for the same audio
 SAMPLE_RATE = 11025
 HOP = 256  # onset envelope at 43 frames/s: the tempo's precision comes from the whole track, not the frame rate
 KEY_FFT, KEY_HOP = 8192, 2048  # 1.35 Hz bins: bass notes a semitone apart (3.9 Hz at 65 Hz) fall in different bins
-KEY_PITCHES = np.arange(28, 100)  # MIDI E1 (41 Hz) .. D#7: bass fundamentals to the top of the harmony
+KEY_PITCHES = np.arange(23, 100)  # MIDI B0 (31 Hz: sub-bass, 5-string bass) .. D#7: bass fundamentals to the top of the harmony
 BASS_BELOW = 48  # C3: the bass register, folded to its own chroma
 BASS_WEIGHT = 0.5
+# Bar roots for the relative-key choice: bass lines reach C4; the 30th percentile of each pitch over the
+# track is what sounds all the time (a pitched kick); ^8 keeps each bar's strongest pitch class.
+ROOT_BELOW, ROOT_FLOOR, ROOT_SHARPNESS = 60, 30, 8.0
+# Bass moves into a tonic: (how far above the tonic the root was, weight): V-I counts fully, the mode's
+# other cadence (IV-I, VII-i) a quarter. CADENCE_WEIGHT: the most a one-sided resolution moves the choice
+# between a key and its relative (profile margins are 0-0.3). Both chosen on the dev set (seed 1).
+CADENCES = {"major": ((7, 1.0), (5, 0.25)), "minor": ((7, 1.0), (10, 0.25))}
+CADENCE_WEIGHT = 0.4
 KEY_HARMONICS = ((0, 1.0), (0, 0.8), (7, 0.64), (0, 0.51), (4, 0.41), (7, 0.33))  # pitch class offset, level (0.8^(k-1))
 BPM_RANGE = (40.0, 240.0)
 PRIOR_BPM, PRIOR_OCTAVES = 120.0, 1.0
@@ -105,9 +116,11 @@ def analyze(mono: np.ndarray, sample_rate: int) -> TrackMetas | None:
         return None
     frame_rate = SAMPLE_RATE / HOP
     bpm, bpm_confidence = estimate_tempo(envelope, frame_rate)
-    key, key_confidence = estimate_key(*register_chroma(y))
     beats = beat_frames(envelope, frame_rate, bpm)
     beats_per_bar, metre_confidence = estimate_metre(mel, envelope, beats)
+    semitones = semitone_spectrogram(y)
+    roots = bar_bass(semitones, beats * HOP / KEY_HOP, 2 if beats_per_bar == 6 else beats_per_bar)
+    key, key_confidence = estimate_key(*register_chroma(semitones), roots)
     return TrackMetas(Measured(round(bpm, 1), bpm_confidence), Measured(key, key_confidence),
                       Measured(str(beats_per_bar), metre_confidence))
 
@@ -117,20 +130,59 @@ def log_mel(y: np.ndarray) -> np.ndarray:
     return librosa.power_to_db(librosa.feature.melspectrogram(y=y, sr=SAMPLE_RATE, n_fft=1024, hop_length=HOP, n_mels=MEL_BANDS))
 
 
-def register_chroma(y: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """(bass, upper) chroma [12] summed over the track, from a log-compressed semitone spectrogram tuned
-    to the recording's own A (estimated on every fourth frame: tuning does not change within a track)."""
+def semitone_spectrogram(y: np.ndarray) -> np.ndarray:
+    """[KEY_PITCHES, frames at KEY_HOP] log-compressed semitone power, tuned to the recording's own A
+    (estimated on every fourth frame: tuning does not change within a track)."""
     magnitude = np.abs(librosa.stft(y, n_fft=KEY_FFT, hop_length=KEY_HOP))
     tuning = librosa.estimate_tuning(S=magnitude[:, ::4], sr=SAMPLE_RATE, n_fft=KEY_FFT)
     freqs = librosa.fft_frequencies(sr=SAMPLE_RATE, n_fft=KEY_FFT)
     midi = 69 + 12 * np.log2(np.maximum(freqs, 1e-3) / 440.0) - tuning
     weights = np.clip(1.0 - np.abs(midi[None, :] - KEY_PITCHES[:, None]), 0.0, None)  # triangle over +-1 semitone
     power = weights @ magnitude**2
-    compressed = np.log1p(100.0 * power / max(float(power.max()), 1e-20)).sum(axis=1)
+    return np.log1p(100.0 * power / max(float(power.max()), 1e-20))
+
+
+def register_chroma(semitones: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(bass, upper) chroma [12] summed over the track: pitches below BASS_BELOW and the rest."""
+    total = semitones.sum(axis=1)
     bass, upper = np.zeros(12), np.zeros(12)
-    np.add.at(bass, KEY_PITCHES[KEY_PITCHES < BASS_BELOW] % 12, compressed[KEY_PITCHES < BASS_BELOW])
-    np.add.at(upper, KEY_PITCHES[KEY_PITCHES >= BASS_BELOW] % 12, compressed[KEY_PITCHES >= BASS_BELOW])
+    np.add.at(bass, KEY_PITCHES[KEY_PITCHES < BASS_BELOW] % 12, total[KEY_PITCHES < BASS_BELOW])
+    np.add.at(upper, KEY_PITCHES[KEY_PITCHES >= BASS_BELOW] % 12, total[KEY_PITCHES >= BASS_BELOW])
     return bass, upper
+
+
+def bar_bass(semitones: np.ndarray, beats: np.ndarray, beats_per_bar: int) -> np.ndarray:
+    """[12, bars] each bar's bass (pitches below ROOT_BELOW) by pitch class, sharpened towards its root.
+    First what sounds all through the track is removed: each pitch's ROOT_FLOOR-th percentile over time
+    (a kick drum is pitched, and at this frame rate it sounds in every frame). Bars start on the beat
+    phase where the sound changes most: chords change on the downbeat. beats: in semitone frames."""
+    if beats.size <= 2 * beats_per_bar:  # fewer than two bars: no bar-to-bar move to read
+        return np.zeros((12, 0))
+    floored = np.maximum(semitones - np.percentile(semitones, ROOT_FLOOR, axis=1, keepdims=True), 0.0)
+    beat_of_frame = np.searchsorted(beats, np.arange(floored.shape[1]), side="right") - 1
+    inside = (beat_of_frame >= 0) & (beat_of_frame < beats.size - 1)
+    per_beat, count = np.zeros((beats.size - 1, floored.shape[0])), np.zeros(beats.size - 1)
+    np.add.at(per_beat, beat_of_frame[inside], floored[:, inside].T)
+    np.add.at(count, beat_of_frame[inside], 1)
+    per_beat = per_beat.T / np.maximum(count, 1)
+    unit = per_beat / np.maximum(np.linalg.norm(per_beat, axis=0), 1e-12)
+    change = np.r_[0.0, 1.0 - (unit[:, 1:] * unit[:, :-1]).sum(axis=0)]
+    phase = int(np.argmax([change[q::beats_per_bar].mean() for q in range(beats_per_bar)]))
+    bars = (per_beat.shape[1] - phase) // beats_per_bar
+    low = per_beat[KEY_PITCHES < ROOT_BELOW, phase:phase + bars * beats_per_bar].reshape(-1, bars, beats_per_bar).sum(axis=2)
+    pitch_classes = np.zeros((12, bars))
+    np.add.at(pitch_classes, KEY_PITCHES[KEY_PITCHES < ROOT_BELOW] % 12, low)
+    sharp = pitch_classes**ROOT_SHARPNESS
+    return sharp / np.maximum(sharp.sum(axis=0), 1e-30)
+
+
+def cadence_strength(roots: np.ndarray, tonic: int, mode: str) -> float:
+    """Share of the bar-to-bar bass moves that resolve to tonic: from its fifth (V-I, v-i) and, at a
+    quarter weight, the mode's other cadence (IV-I in major, VII-i in minor)."""
+    before, after = roots[:, :-1], roots[:, 1:]
+    moves = float((before.sum(axis=0) * after.sum(axis=0) - (before * after).sum(axis=0)).sum())
+    into = sum(weight * float((before[(tonic + step) % 12] * after[tonic % 12]).sum()) for step, weight in CADENCES[mode])
+    return into / moves if moves > 0 else 0.0
 
 
 def estimate_tempo(envelope: np.ndarray, frame_rate: float) -> tuple[float, float]:
@@ -177,14 +229,25 @@ def key_scores(chroma: np.ndarray, profiles: dict[str, np.ndarray]) -> dict[tupl
             for mode, template in profiles.items() for tonic in range(12)}
 
 
-def estimate_key(bass: np.ndarray, upper: np.ndarray) -> tuple[str, float]:
-    """(keyscale, confidence) from bass and upper-register chroma; confidence = best score minus the runner-up's."""
+def estimate_key(bass: np.ndarray, upper: np.ndarray, roots: np.ndarray | None = None) -> tuple[str, float]:
+    """(keyscale, confidence) from bass and upper-register chroma and the bar roots. A key and its relative
+    (C major, A minor) share their notes, so the profile match often cannot tell them apart; between the
+    best-matching key and its relative, the share of their cadence strengths (which chord the bass
+    resolves to) adds up to CADENCE_WEIGHT: I-V-vi-IV resolves to both alike and is left to the profiles. Confidence: the smaller of the margin within that pair and the pair's profile margin over
+    every other key (without bar roots: best score minus the runner-up's)."""
     if not np.any(bass) and not np.any(upper):
         return keyscale_name(0, "major"), 0.0
     up, low = key_scores(upper, HARMONIC_PROFILES), key_scores(bass, HARMONIC_PROFILES) if np.ptp(bass) > 0 else None
     scores = {key: up[key] + BASS_WEIGHT * (low[key] if low else 0.0) for key in up}
-    ranked = sorted(scores, key=scores.get, reverse=True)
-    return keyscale_name(*ranked[0]), round(float(np.clip(scores[ranked[0]] - scores[ranked[1]], 0.0, 1.0)), 3)
+    best = max(scores, key=scores.get)
+    relative = ((best[0] + 9) % 12, "minor") if best[1] == "major" else ((best[0] + 3) % 12, "major")
+    pair = {key: scores[key] for key in (best, relative)}
+    cadences = {key: cadence_strength(roots, *key) for key in pair} if roots is not None and roots.shape[1] > 1 else {}
+    if sum(cadences.values()) > 0:  # a one-sided resolution moves the choice by up to CADENCE_WEIGHT; a shared one, not at all
+        pair = {key: score + CADENCE_WEIGHT * cadences[key] / sum(cadences.values()) for key, score in pair.items()}
+    chosen, other = sorted(pair, key=pair.get, reverse=True)
+    rest = max(score for key, score in scores.items() if key not in pair)
+    return keyscale_name(*chosen), round(float(np.clip(min(pair[chosen] - pair[other], scores[best] - rest), 0.0, 1.0)), 3)
 
 
 def estimate_metre(mel: np.ndarray, envelope: np.ndarray, beats: np.ndarray) -> tuple[int, float]:
