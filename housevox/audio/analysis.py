@@ -232,9 +232,10 @@ def key_scores(chroma: np.ndarray, profiles: dict[str, np.ndarray]) -> dict[tupl
 def estimate_key(bass: np.ndarray, upper: np.ndarray, roots: np.ndarray | None = None) -> tuple[str, float]:
     """(keyscale, confidence) from bass and upper-register chroma and the bar roots. A key and its relative
     (C major, A minor) share their notes, so the profile match often cannot tell them apart; between the
-    best-matching key and its relative, the share of their cadence strengths (which chord the bass
-    resolves to) adds up to CADENCE_WEIGHT: I-V-vi-IV resolves to both alike and is left to the profiles. Confidence: the smaller of the margin within that pair and the pair's profile margin over
-    every other key (without bar roots: best score minus the runner-up's)."""
+    best-matching key and its relative, each gains its share of their cadence strengths (which chord the
+    bass resolves to) times CADENCE_WEIGHT: I-V-vi-IV resolves to both alike and is left to the profiles.
+    Confidence: the smaller of the margin within that pair and the pair's profile margin over every other
+    key (without bar roots: best score minus the runner-up's)."""
     if not np.any(bass) and not np.any(upper):
         return keyscale_name(0, "major"), 0.0
     up, low = key_scores(upper, HARMONIC_PROFILES), key_scores(bass, HARMONIC_PROFILES) if np.ptp(bass) > 0 else None
@@ -243,7 +244,7 @@ def estimate_key(bass: np.ndarray, upper: np.ndarray, roots: np.ndarray | None =
     relative = ((best[0] + 9) % 12, "minor") if best[1] == "major" else ((best[0] + 3) % 12, "major")
     pair = {key: scores[key] for key in (best, relative)}
     cadences = {key: cadence_strength(roots, *key) for key in pair} if roots is not None and roots.shape[1] > 1 else {}
-    if sum(cadences.values()) > 0:  # a one-sided resolution moves the choice by up to CADENCE_WEIGHT; a shared one, not at all
+    if sum(cadences.values()) > 0:
         pair = {key: score + CADENCE_WEIGHT * cadences[key] / sum(cadences.values()) for key, score in pair.items()}
     chosen, other = sorted(pair, key=pair.get, reverse=True)
     rest = max(score for key, score in scores.items() if key not in pair)
