@@ -208,8 +208,27 @@ class RunCheckpoints(L.Callback):
 
 def export_file(trainer: L.Trainer, epoch: int) -> Path:
     """The ComfyUI single file of an epoch's export: `lora/epoch_NNN/<run>_epoch_NNN.safetensors`."""
+    return export_path(trainer, f"epoch_{epoch:03d}")
+
+
+def export_path(trainer: L.Trainer, name: str) -> Path:
+    """`lora/<name>/<run>_<name>.safetensors`: epoch exports, and the step an interrupted run reached."""
     folder = run_dir(trainer)
-    return folder / "lora" / f"epoch_{epoch:03d}" / f"{folder.name}_epoch_{epoch:03d}.safetensors"
+    return folder / "lora" / name / f"{folder.name}_{name}.safetensors"
+
+
+def write_export(trainer, pl_module, file: Path, metadata: dict[str, str]) -> None:
+    """The adapter as it is now: PEFT folder (fp32) + ComfyUI file (bf16 factors), LoKr also ACE-Step's file."""
+    if not trainer.is_global_zero:
+        return
+    weights = extract_lora(pl_module.dit)
+    weights.metadata.update(metadata)
+    write_peft_folder(file.parent / "adapter", weights, dtype=torch.float32)
+    if weights.adapter_type == "lokr":
+        write_acestep_lokr(file.parent, weights, dtype=torch.float32)
+    # last: readers take a folder with the ComfyUI file as a finished export
+    write_comfyui_file(file, weights, dtype=torch.bfloat16)
+    log.info("LoRA written to %s", file.parent)
 
 
 class LoRAExport(L.Callback):
@@ -223,18 +242,7 @@ class LoRAExport(L.Callback):
         self.exported_epochs: list[int] = []
 
     def export(self, trainer, pl_module, epoch: int) -> None:
-        metadata = training_metadata(trainer, pl_module, epoch)
-        if not trainer.is_global_zero:
-            return
-        file = export_file(trainer, epoch)
-        weights = extract_lora(pl_module.dit)
-        weights.metadata.update(metadata)
-        write_peft_folder(file.parent / "adapter", weights, dtype=torch.float32)
-        if weights.adapter_type == "lokr":
-            write_acestep_lokr(file.parent, weights, dtype=torch.float32)
-        # last: readers take a folder with the ComfyUI file as a finished export
-        write_comfyui_file(file, weights, dtype=torch.bfloat16)
-        log.info("LoRA for epoch %d written to %s", epoch, file.parent)
+        write_export(trainer, pl_module, export_file(trainer, epoch), training_metadata(trainer, pl_module, epoch))
 
     def on_train_epoch_end(self, trainer, pl_module) -> None:
         epoch = trainer.current_epoch + 1
@@ -262,7 +270,8 @@ def training_metadata(trainer, pl_module, epoch: int) -> dict[str, str]:
     datamodule = getattr(trainer, "datamodule", None)
     return {
         "housevox_version": housevox.__version__,
-        "base_model": Path(hp.checkpoint_dir).name,
+        "base_model": pl_module.base_name,
+        **{f"base_model_source_{part}": source for part, source in pl_module.base_sources.items()},
         "base_model_variant": pl_module.config.variant,
         "base_model_hash": pl_module.base_fingerprint[:16],
         "adapter_type": hp.adapter_type, "rank": str(hp.rank), "alpha": str(hp.alpha),
@@ -313,6 +322,8 @@ class RunProfile(L.Callback):
             "total_seconds": self.total_seconds,
             "started": self.started,
             "finished": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+            "base_model": {"checkpoint_dir": str(pl_module.hparams.checkpoint_dir), "name": pl_module.base_name,
+                           "sources": pl_module.base_sources},
         })
 
     def state_dict(self) -> dict:
