@@ -195,7 +195,8 @@ def test_fit_sample_eval_info_run_from_the_model_name(tmp_path, hub_cache, tiny_
     profile = json.loads((run / "run_profile.json").read_text())
     assert profile["base_model"]["sources"]["dit"] == meta["base_model_source_dit"]
 
-    assert "missing:      nothing" in cli("housevox.acestep.info", "ACE-Step/acestep-v15-xl-base").stdout
+    info = cli("housevox.acestep.info", "ACE-Step/acestep-v15-xl-base").stdout
+    assert "missing:      nothing" in info and f"from the hub: dit {XL_BASE}@{commit_of(hub_cache, XL_BASE)}" in info
     cli("housevox.sample", "--checkpoint-dir", "acestep-v15-xl-base", "--lora", str(lora), "--duration", "1",
         "--steps", "2", "--out", str(tmp_path / "take.wav"))
     assert (tmp_path / "take.wav").is_file()
