@@ -133,10 +133,10 @@ def callbacks() -> list:
     # LoRAExport before RunCheckpoints: the epoch's checkpoint is written once its LoRA is complete, so a
     # kill during the export resumes from the step checkpoint before it and exports again. ExportEval after
     # LoRAExport: it scores the epoch just exported. StopOnSignal after RunCheckpoints (an epoch-end stop
-    # reuses its last.ckpt) and RunProfile, before the slow preview and eval. RunProfile before RunLint: the run's
-    # size and predicted time are the fit's first lines.
+    # reuses its last.ckpt) and RunProfile, before the slow preview and eval. RunLint first at the train start:
+    # the run's size and predicted time are the fit's first lines.
     return [CosineRestartSchedule(), LossLogger(), HeavyLogger(), NonFiniteLossGuard(), LoRAExport(),
-            RunCheckpoints(), RunProfile(), RunLint(), StopOnSignal(), AudioPreview(), ExportEval()]
+            RunCheckpoints(), RunLint(), RunProfile(), StopOnSignal(), AudioPreview(), ExportEval()]
 
 
 def resume_command(argv: list[str]) -> str:

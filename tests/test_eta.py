@@ -6,9 +6,10 @@ import pytest
 import torch
 
 from housevox.acestep.loading import acestep_config
+from housevox.plan.callback import predicted_step_seconds
+from housevox.plan.memory import GPUS, RunShape, predict
 from housevox.train import eta
 from housevox.train.callbacks import RunProfile
-from housevox.train.memory import GPUS, RunShape, predict
 
 
 @pytest.mark.parametrize("seconds, text", [(0, "0:00"), (59.6, "1:00"), (3599, "59:59"), (3725, "1:02:05"), (-3, "0:00")])
@@ -50,10 +51,10 @@ def test_predicted_step_time_on_the_detected_card(monkeypatch, tiny_checkpoint):
     hparams = {"rank": 4, "gradient_checkpointing": True, "optimizer_type": "adamw"}
     module = SimpleNamespace(device=torch.device("cuda"), hparams=hparams, config=acestep_config(tiny_checkpoint))
     monkeypatch.setattr(torch.cuda, "get_device_name", lambda device=None: "NVIDIA H100 80GB HBM3")
-    seconds, where = eta.predicted_step_seconds(module, batch_size=1, accumulate=4)
+    seconds, where = predicted_step_seconds(module, batch_size=1, accumulate=4)
     micro = predict(module.config.raw, RunShape.from_settings(hparams, batch_size=1)).step_seconds(GPUS["h100"][1])
     assert seconds == pytest.approx(4 * micro) and micro > 0 and where == "on NVIDIA H100 80GB HBM3"
     monkeypatch.setattr(torch.cuda, "get_device_name", lambda device=None: "Some Card")
-    assert eta.predicted_step_seconds(module, 1, 4) == (None, f"no prediction for Some Card (known cards: {', '.join(GPUS)})")
+    assert predicted_step_seconds(module, 1, 4) == (None, f"no prediction for Some Card (known cards: {', '.join(GPUS)})")
     module.device = torch.device("cpu")
-    assert eta.predicted_step_seconds(module, 1, 4)[0] is None
+    assert predicted_step_seconds(module, 1, 4)[0] is None

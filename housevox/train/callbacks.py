@@ -13,7 +13,7 @@ from lightning.pytorch.loggers import TensorBoardLogger
 import housevox
 from housevox.atomic import write_json
 from housevox.lora import extract_lora, write_acestep_lokr, write_comfyui_file, write_peft_folder
-from housevox.train.eta import WARMUP_STEPS, StepClock, clock, predicted_step_seconds, run_size
+from housevox.train.eta import StepClock, clock
 from housevox.train.schedule import lr_factor
 
 log = logging.getLogger("housevox")
@@ -294,16 +294,15 @@ def training_metadata(trainer, pl_module, epoch: int) -> dict[str, str]:
 
 
 class RunProfile(L.Callback):
-    """The run's size and predicted time at its start, the whole run's remaining time as it goes (progress bar
-    and a line an epoch), and `run_profile.json` (device, peak memory, epoch and step times predicted vs
-    measured, total time, base model) for the release card."""
+    """The whole run's remaining time as it goes (progress bar and a line an epoch), and `run_profile.json`
+    (device, peak memory, epoch and step times predicted vs measured, total time, base model) for the card."""
 
     def __init__(self):
         self.seconds_per_epoch: list[float] = []
         self.total_seconds = 0.0
         self.started = None
         self.total_steps = None
-        self.predicted = (None, "")  # (seconds per optimizer step, where / why not)
+        self.predicted = (None, "")  # (seconds per optimizer step, where / why not): RunLint's prediction
         self.measured = (0.0, 0)  # (seconds, steps) timed by earlier invocations of this run
         self.clock = StepClock()
         self._seen_step = None
@@ -318,23 +317,8 @@ class RunProfile(L.Callback):
     def on_train_start(self, trainer, pl_module) -> None:
         self.total_steps = int(trainer.estimated_stepping_batches)
         self._warm_from = self._seen_step = trainer.global_step
-        if not trainer.is_global_zero:
-            return
-        datamodule = getattr(trainer, "datamodule", None)
-        train_set = getattr(datamodule, "train_set", None)
-        accumulate = trainer.accumulate_grad_batches
-        log.info(run_size(len(train_set) if train_set is not None else None, trainer.num_training_batches, accumulate,
-                          trainer.max_epochs, self.total_steps))
-        self.predicted = predicted_step_seconds(pl_module, getattr(datamodule, "batch_size", None) or 1, accumulate)
-        seconds, where = self.predicted
-        left = self.total_steps - trainer.global_step
-        if seconds is None:
-            log.info("predicted time: %s; the remaining time shows after %d measured steps", where, WARMUP_STEPS + 1)
-        else:
-            log.info("predicted time: %.2f s an optimizer step %s -> %s for the %s steps left (an estimate: counted "
-                     "FLOPs at 40 %% of the card's bf16 peak; validation, exports and previews come on top)",
-                     seconds, where, clock(seconds * left), f"{left:,}")
-        self._show_remaining_in(trainer.progress_bar_callback)
+        if trainer.is_global_zero:
+            self._show_remaining_in(trainer.progress_bar_callback)
 
     def _show_remaining_in(self, bar) -> None:
         """The progress bar's postfix gets the whole run's remaining time, next to the epoch's own."""

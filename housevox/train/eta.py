@@ -1,15 +1,13 @@
-"""How long the whole run takes: its size, the predicted time on this device, the remaining time once measured.
+"""How long the whole run takes: its size, and the remaining time once steps are measured.
 
-The prediction is the memory predictor's FLOP count of one micro-batch at 40 % of the card's dense bf16
-peak (an estimate, CUDA cards it knows only). The measurement starts after WARMUP_STEPS optimizer
-steps (allocator, kernel autotuning, optimizer-state allocation), and the remaining time is the
-measured wall time per step since then, validation and exports included, times the steps left.
+The measurement starts after WARMUP_STEPS optimizer steps (allocator, kernel autotuning,
+optimizer-state allocation); the remaining time is the measured wall time per step since then,
+validation and exports included, times the steps left. The prediction before any step is
+plan/'s (`plan.callback.predicted_step_seconds`).
 """
 
 import math
 import time
-
-import torch
 
 WARMUP_STEPS = 2
 
@@ -26,22 +24,6 @@ def run_size(segments: int | None, batches_per_epoch: int, accumulate: int, epoc
     seg = f"{segments:,} training segments, " if segments is not None else ""
     return (f"run: {seg}{batches_per_epoch:,} micro-batches = {per_epoch:,} optimizer steps an epoch "
             f"(accumulate {accumulate}) x {epochs} epochs = {total_steps:,} optimizer steps")
-
-
-def predicted_step_seconds(pl_module, batch_size: int, accumulate: int) -> tuple[float | None, str]:
-    """(seconds per optimizer step, where) on this CUDA card; None with the reason elsewhere."""
-    from housevox.train.memory import GPUS, RunShape, card_for, predict
-
-    device = pl_module.device
-    if device.type != "cuda":
-        return None, f"no prediction on {device.type} (the predictor models CUDA cards)"
-    name = torch.cuda.get_device_name(device)
-    card = card_for(name)
-    if card is None:
-        return None, f"no prediction for {name} (known cards: {', '.join(GPUS)})"
-    shape = RunShape.from_settings(dict(pl_module.hparams), batch_size=batch_size)
-    seconds = predict(pl_module.config.raw, shape).step_seconds(GPUS[card][1]) * accumulate
-    return seconds, f"on {name}"
 
 
 class StepClock:
