@@ -15,7 +15,7 @@ from torch import nn
 from housevox.acestep.config import AceStepConfig
 from housevox.acestep.modules import build_dit
 from housevox.acestep.presets import PRESETS
-from housevox.errors import HousevoxError
+from housevox.errors import HousevoxError, run_cli
 from housevox.lora import (
     LoRASettings,
     LoRAWeights,
@@ -30,6 +30,7 @@ from housevox.lora import (
     write_diffusers_file,
     write_peft_folder,
 )
+from housevox.lora.apps import diffusers_reading
 from housevox.lora.formats import CONVENTION_KEY, in_out_features, open_lora
 from housevox.lora.targets import init_lora_weights, lora_layers
 
@@ -203,6 +204,38 @@ def test_diffusers_ace_step_loader_accepts_our_files(tmp_path, weights, fmt):
         layer = adapted[to_diffusers_path(path)]
         assert torch.equal(layer.lora_A["x"].weight, a) and torch.equal(layer.lora_B["x"].weight, b)
         assert layer.scaling["x"] == weights.alpha[path] / 4, path
+
+
+@pytest.mark.parametrize("targets", ["gate_proj up_proj down_proj", "q_proj gate_proj"])
+def test_what_inspect_says_diffusers_does_is_what_its_loader_does(tmp_path, capsys, targets):
+    """diffusers takes the PEFT file only when some key holds q_proj/k_proj (an MLP-only one is ignored without an
+    error), takes the `convert --to diffusers` file whatever the targets, and refuses the ComfyUI file."""
+    from housevox.lora.__main__ import main as lora_main
+
+    dit = build_dit(TINY, device="cpu").requires_grad_(False)
+    apply_lora(dit, LoRASettings(rank=4, alpha=4.0, target_modules_str=targets))
+    weights = extract_lora(dit)
+    files = {"peft": write_peft_folder(tmp_path / "peft", weights) / "adapter_model.safetensors",
+             "diffusers": write_diffusers_file(tmp_path / "d.safetensors", weights),
+             "comfyui": write_comfyui_file(tmp_path / "c.safetensors", weights)}
+    verdicts = {}
+    for fmt, file in files.items():
+        reading = diffusers_reading(list(open_lora(file).keys))
+        fresh = build_dit(TINY, device="cpu")
+        try:
+            _Pipe(fresh).load_lora_weights(str(file.parent), weight_name=file.name, adapter_name="x")
+        except ValueError:
+            assert reading.verdict == "refuses", fmt
+        else:
+            loaded = sum(1 for m in fresh.modules() if hasattr(m, "lora_A") and "x" in m.lora_A)
+            assert (reading.verdict, reading.modules) == ("loads" if loaded else "ignores", loaded), fmt
+        verdicts[fmt] = reading.verdict
+    mlp_only = "q_proj" not in targets
+    assert verdicts == {"peft": "ignores" if mlp_only else "loads", "diffusers": "loads", "comfyui": "refuses"}
+    run_cli(lora_main, ["inspect", str(tmp_path / "peft")])
+    assert f"diffusers (AceStepPipeline.load_lora_weights): {verdicts['peft']}" in capsys.readouterr().out
+    run_cli(lora_main, ["convert", str(files["comfyui"]), "--to", "peft", "--out", str(tmp_path / "again")])
+    assert ("note: diffusers (AceStepPipeline.load_lora_weights): ignores" in capsys.readouterr().out) == mlp_only
 
 
 def test_reads_ace_step_trainer_output(tmp_path, weights):

@@ -36,6 +36,7 @@ from torch import Tensor, nn
 
 from housevox.atomic import save_safetensors, write_json
 from housevox.errors import HousevoxError
+from housevox.lora.apps import diffusers_reading
 from housevox.lora.targets import (
     ADAPTER,
     ADAPTER_NAMES,
@@ -406,6 +407,9 @@ def write_diffusers_file(path: str | Path, weights: AdapterWeights, dtype: torch
                             "folder or a ComfyUI file")
     tensors = _lora_tensors(weights, lambda p, part: f"transformer.{to_diffusers_path(p)}.{part}.weight",
                             ("lora_A", "lora_B"), dtype)
+    reading = diffusers_reading(list(tensors))
+    if reading.verdict != "loads" or reading.modules != len(weights.modules):
+        raise HousevoxError(f"{path}: not written: {reading.line()}")
     save_safetensors(tensors, path, metadata=_header(weights))
     return Path(path)
 

@@ -8,6 +8,7 @@ magnitude per output row), so printing that arithmetic settles such questions.
 import math
 from collections import Counter
 
+from housevox.lora.apps import diffusers_reading
 from housevox.lora.formats import CONVENTION_KEY, LoRAFile
 from housevox.lora.targets import ADAPTER_NAMES, module_kind
 
@@ -93,6 +94,7 @@ def describe(lf: LoRAFile) -> list[str]:
     )
     if CONVENTION_KEY in lf.header:
         lines.append(f"convention: {lf.header[CONVENTION_KEY]}")
+    lines.append(diffusers_reading(list(lf.keys)).line())
     if lf.metadata:
         lines.append("metadata:")
         lines += [f"  {k}: {v}" for k, v in sorted(lf.metadata.items())]
