@@ -238,6 +238,20 @@ def test_what_inspect_says_diffusers_does_is_what_its_loader_does(tmp_path, caps
     assert ("note: diffusers (AceStepPipeline.load_lora_weights): ignores" in capsys.readouterr().out) == mlp_only
 
 
+def test_diffusers_loads_the_dora_peft_file_with_its_magnitudes(tmp_path):
+    dit = build_dit(TINY, device="cpu").requires_grad_(False)
+    apply_lora(dit, LoRASettings(adapter_type="dora", rank=4, alpha=4.0))
+    weights = extract_lora(dit)
+    file = write_peft_folder(tmp_path / "peft", weights) / "adapter_model.safetensors"
+    fresh = build_dit(TINY, device="cpu")
+    _Pipe(fresh).load_lora_weights(str(file.parent), weight_name=file.name, adapter_name="x")
+    dora = {n: m for n, m in fresh.named_modules() if hasattr(m, "lora_magnitude_vector") and "x" in m.lora_magnitude_vector}
+    assert set(dora) == {to_diffusers_path(p) for p in weights.modules}
+    for path, m in weights.magnitude.items():
+        assert torch.equal(dora[to_diffusers_path(path)].lora_magnitude_vector["x"].weight, m)
+    assert diffusers_reading(list(open_lora(file).keys)).verdict == "loads"
+
+
 def test_reads_ace_step_trainer_output(tmp_path, weights):
     """ACE-Step's trainer: `<out>/adapter/`, short target names; tolerate `.default.` keys without prefix."""
     folder = tmp_path / "epoch_5" / "adapter"
