@@ -118,6 +118,14 @@ def test_pinned_revision_is_resolved_and_recorded(offline, hub_cache):
     assert offline[0][1] == "v1"
 
 
+def test_the_lint_reads_a_model_names_config_without_its_weights(offline, hub_cache, tiny_checkpoint):
+    from housevox.plan.run import base_model
+
+    cfg, _, _, note = base_model("acestep-v15-xl-base")
+    assert cfg.raw == json.loads((tiny_checkpoint / "config.json").read_text()) and offline == []  # no snapshot
+    assert note.endswith(f"snapshots/{commit_of(hub_cache, XL_BASE)}/config.json")
+
+
 def one_line(capsys, argv, code=1) -> str:
     assert run_cli(info_main, argv) == code
     err = capsys.readouterr().err

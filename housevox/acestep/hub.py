@@ -124,6 +124,19 @@ def _check_complete(folder: Path, required: list[str], ref: HubRef, what: str) -
                             f"`{ref.fetch_command()}`")
 
 
+def config_file(value: str) -> Path | None:
+    """A model name's DiT config.json alone (a few KB, fetched on first use): what planning a run needs, without
+    the weights. None when neither the cache nor the hub has it."""
+    from huggingface_hub import hf_hub_download
+    from huggingface_hub.errors import HfHubHTTPError, LocalEntryNotFoundError
+
+    ref = parse_model_name(value)
+    try:
+        return Path(hf_hub_download(ref.repo_id, "config.json", subfolder=ref.subfolder or None, revision=ref.revision))
+    except (LocalEntryNotFoundError, HfHubHTTPError, OSError):
+        return None
+
+
 @functools.cache
 def resolve_checkpoint(value: str) -> HubCheckpoint:
     """Resolve (fetching on first use) a DiT model name and the shared VAE and text encoder it runs with."""
