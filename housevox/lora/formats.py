@@ -514,6 +514,7 @@ class LoRAFile:
     keys: dict[str, tuple[str, str]]  # key -> (ORIGINAL module path, part)
     shapes: dict[str, dict[str, tuple[int, ...]]]  # module -> part -> shape (no alpha)
     dtypes: dict[str, int]  # safetensors dtype name -> number of factor tensors
+    values: dict[str, int]  # safetensors dtype name -> number of values stored in it (alpha scalars aside)
     alpha: dict[str, float]
     ranks: dict[str, int]
     alpha_source: str
@@ -538,7 +539,7 @@ def open_lora(path: str | Path) -> LoRAFile:
         raise HousevoxError(f"{path}: no such file or folder")
     file = find_peft_weights(path) if path.is_dir() else path
     parts: dict[str, dict[str, tuple]] = {}
-    keys, dtypes, alphas = {}, Counter(), {}
+    keys, dtypes, values, alphas = {}, Counter(), Counter(), {}
     try:
         with safe_open(file, framework="pt") as f:
             header = f.metadata() or {}
@@ -550,6 +551,7 @@ def open_lora(path: str | Path) -> LoRAFile:
                 sl = f.get_slice(key)
                 parts.setdefault(module, {})[part] = tuple(sl.get_shape())
                 dtypes[sl.get_dtype()] += 1
+                values[sl.get_dtype()] += math.prod(sl.get_shape())
     except (SafetensorError, OSError) as exc:
         raise HousevoxError(f"{file}: not a readable safetensors file ({exc})") from None
     if not keys:
@@ -562,7 +564,7 @@ def open_lora(path: str | Path) -> LoRAFile:
         _check_module(file, module, have, kind)
     fmt = detect_format(list(keys))
     alpha, ranks, source = _read_alphas(file, fmt, kind, header, alphas, shapes)
-    return LoRAFile(file, fmt, kind, header, keys, shapes, dict(dtypes), alpha, ranks, source)
+    return LoRAFile(file, fmt, kind, header, keys, shapes, dict(dtypes), dict(values), alpha, ranks, source)
 
 
 def read_lora(path: str | Path) -> AdapterWeights:
