@@ -5,8 +5,10 @@ reproduces), with gradient accumulation 2, so it can land mid-accumulation. Each
 the fork server (tests/helpers/fork_runner.py), so a fit costs its own work, not the imports.
 """
 
+import os
 import random
 import re
+import subprocess
 import sys
 from pathlib import Path
 
@@ -20,6 +22,7 @@ from fork_client import ForkServer  # noqa: E402
 from test_train import step_losses, write_config  # noqa: E402
 
 EPOCHS = 2
+ROOT = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture(scope="module")
@@ -82,3 +85,19 @@ def test_signal_saves_the_step_and_resumes_exactly(tmp_path, server, reference, 
         ours = run / ref_file.relative_to(ref_run)
         assert ours.read_bytes() == ref_file.read_bytes(), f"{ours} differs from the uninterrupted run"
     assert step_losses(run) == step_losses(ref_run)
+
+
+def test_a_terminals_ctrl_c_reaches_the_workers_too(tmp_path, reference):
+    """Ctrl-C in a terminal signals the whole process group: DataLoader workers ignore it, so the step in flight
+    (here mid-accumulation, needing the worker's next batch) still finishes and saves."""
+    _, cfg = reference
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parent / "helpers"), "PYTHONUNBUFFERED": "1",
+           "HOUSEVOX_SIGNAL": "INT:0:backward:group"}
+    result = subprocess.run([sys.executable, "-m", "housevox.fit", "fit", "--config", str(cfg), "--data.num_workers", "1",
+                             "--trainer.default_root_dir", str(tmp_path)], cwd=ROOT, env=env, capture_output=True,
+                            text=True, timeout=600, start_new_session=True)  # its own group: the signal stays in it
+    assert result.returncode == 130, result.stderr[-3000:]
+    assert "stopped by SIGINT at optimizer step 1" in result.stderr
+    run = tmp_path / "lightning_logs" / "t"
+    assert torch.load(run / "checkpoints" / "last.ckpt", weights_only=True)["global_step"] == 1
+    assert (run / "lora" / "step_000001" / "t_step_000001.safetensors").is_file()
