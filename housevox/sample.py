@@ -93,7 +93,8 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="python -m housevox.sample", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--checkpoint-dir", required=True,
-                   help="ACE-Step v1.5 checkpoint folder (with vae/ and text encoder)")
+                   help="ACE-Step v1.5 checkpoint folder (with vae/ and text encoder), or a model name such as "
+                        "acestep-v15-xl-base[@revision], fetched into the Hugging Face cache on first use")
     p.add_argument("--lora", help="LoRA: PEFT folder, ComfyUI or diffusers .safetensors (default: base model only)")
     p.add_argument("--lora-scale", type=float, nargs="+", default=None,
                    help="LoRA strength; several values render a comparison set OUT_scale0.50.wav ... (default 1.0)")
