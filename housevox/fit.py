@@ -7,6 +7,7 @@ Each run lives in one fixed folder, `<trainer.default_root_dir>/lightning_logs/<
 """
 
 import logging
+import shlex
 import sys
 import tempfile
 import warnings
@@ -19,7 +20,7 @@ from lightning.pytorch.loggers import TensorBoardLogger
 
 from housevox.data import SegmentCacheDataModule
 from housevox.demo import resolve_demo_value
-from housevox.errors import HousevoxError, UsageError, run_cli
+from housevox.errors import HousevoxError, Stopped, UsageError, run_cli
 from housevox.plan.auto_batch import AutoBatchSize
 from housevox.plan.callback import RunLint
 from housevox.train.callbacks import (
@@ -37,6 +38,7 @@ from housevox.train.evaluate import ExportEval
 from housevox.train.module import HouseVoxLoRA
 from housevox.train.preview import AudioPreview
 from housevox.train.seed_config import load_seed_json
+from housevox.train.stopping import StopOnSignal
 
 log = logging.getLogger("housevox")
 
@@ -131,10 +133,26 @@ def _check_config_files(argv: list[str]) -> None:
 def callbacks() -> list:
     # LoRAExport before RunCheckpoints: the epoch's checkpoint is written once its LoRA is complete, so a
     # kill during the export resumes from the step checkpoint before it and exports again. ExportEval after
-    # LoRAExport: it scores the epoch just exported.
-    # AutoBatchSize first: the schedule, the lint and the loaders need the resolved batch_size and accumulation.
+    # LoRAExport: it scores the epoch just exported. StopOnSignal after RunCheckpoints (an epoch-end stop
+    # reuses its last.ckpt) and RunProfile, before the slow preview and eval. RunLint first at the train start:
+    # the run's size and predicted time are the fit's first lines. AutoBatchSize first of all (at setup): the
+    # schedule, the lint and the loaders need the resolved batch_size and accumulation.
     return [AutoBatchSize(), CosineRestartSchedule(), LossLogger(), HeavyLogger(), NonFiniteLossGuard(), LoRAExport(),
-            RunCheckpoints(), RunLint(), RunProfile(), AudioPreview(), ExportEval()]
+            RunCheckpoints(), RunLint(), RunProfile(), StopOnSignal(), AudioPreview(), ExportEval()]
+
+
+def resume_command(argv: list[str]) -> str:
+    """The command that continues a stopped run: the same arguments with `--ckpt_path last`."""
+    args, skip = [], False
+    for arg in argv:
+        if skip or arg.startswith("--ckpt_path="):
+            skip = False
+            continue
+        if arg == "--ckpt_path":
+            skip = True
+            continue
+        args.append(arg)
+    return shlex.join(["python", "-m", "housevox.fit", *args, "--ckpt_path", "last"])
 
 
 class ParsedConfig(HouseVoxCLI):
@@ -187,7 +205,11 @@ def fit_config(argv: list[str]):
 
 def main(argv=None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(message)s")
-    _cli(HouseVoxCLI, list(sys.argv[1:] if argv is None else argv))
+    given = list(sys.argv[1:] if argv is None else argv)
+    try:
+        _cli(HouseVoxCLI, given)
+    except Stopped as stop:
+        raise Stopped(f"{stop}\n  resume:     {resume_command(given)}", stop.exit_code) from None
     return 0
 
 

@@ -10,6 +10,7 @@ inside that window so that similar lengths share a micro-batch and padding stays
 
 import hashlib
 import logging
+import signal
 from collections.abc import Iterator
 from typing import Literal
 from pathlib import Path
@@ -176,6 +177,12 @@ def split_entries(entries: list[dict], val_tracks: list[str] | None, val_fractio
     return [r for r in entries if r["track"] not in val], [r for r in entries if r["track"] in val]
 
 
+def leave_interrupts_to_the_trainer(worker_id: int) -> None:
+    """A terminal's Ctrl-C reaches every process of the group: workers ignore it, so the trainer, which finishes
+    the optimizer step in flight before it stops, still gets the batches it needs (they end with it)."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+
 class SegmentCacheDataModule(L.LightningDataModule):
     """Owns the 30 s segment cache: encoders run once in prepare_data, training reads cached tensors only.
 
@@ -248,7 +255,8 @@ class SegmentCacheDataModule(L.LightningDataModule):
 
     def _loader(self, dataset: SegmentCacheDataset, sampler: SeededBatchSampler) -> DataLoader:
         return DataLoader(dataset, batch_sampler=sampler, num_workers=self.num_workers, collate_fn=collate,
-                          persistent_workers=self.num_workers > 0, pin_memory=torch.cuda.is_available())
+                          persistent_workers=self.num_workers > 0, pin_memory=torch.cuda.is_available(),
+                          worker_init_fn=leave_interrupts_to_the_trainer if self.num_workers else None)
 
     def train_dataloader(self) -> DataLoader:
         """Starts at the restored (epoch, batch) position: Lightning builds this iterator before it calls set_epoch."""

@@ -6,6 +6,7 @@ from pathlib import Path
 
 import torch
 
+from housevox.acestep import hub
 from housevox.errors import HousevoxError, UsageError
 from housevox.lora.targets import LoRASettings, resolve_targets
 from housevox.plan.lint import lint_notes, lint_run
@@ -27,6 +28,8 @@ def base_model(checkpoint_dir: str | None, preset: str | None = None):
     from housevox.acestep.presets import PRESETS
 
     config_file = Path(checkpoint_dir) / "config.json" if checkpoint_dir else None
+    if not preset and checkpoint_dir and not Path(checkpoint_dir).exists() and hub.parse_model_name(checkpoint_dir):
+        config_file = hub.config_file(checkpoint_dir) or config_file  # a model name: its config.json, not its weights
     if preset:
         cfg = AceStepConfig.from_upstream(PRESETS[preset], f"--preset {preset}")
         note = f"model: ACE-Step v1.5 {preset} base (--preset {preset})"

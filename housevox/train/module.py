@@ -12,6 +12,7 @@ and a resumed run repeats the same losses exactly: nothing but the loop counters
 
 import logging
 import secrets
+from pathlib import Path
 
 import lightning as L
 import torch
@@ -145,6 +146,7 @@ class HouseVoxLoRA(L.LightningModule):
         if adapter_type == "lokr" and quantize_base == "nf4":
             raise HousevoxError("model.quantize_base: nf4 does not work with adapter_type lokr (PEFT's LoKr cannot add its "
                                 "update to a packed 4-bit weight); use int8 or none")
+        self.base_name, self.base_sources = Path(checkpoint_dir).name, {}  # describe_base refines both
         self.config, self.base_fingerprint = self.describe_base(checkpoint_dir)
         self.run_seed = int(seed) if seed >= 0 else None
         self.seed_was_drawn = False
@@ -159,6 +161,7 @@ class HouseVoxLoRA(L.LightningModule):
     def describe_base(self, checkpoint_dir: str) -> tuple[AceStepConfig, str]:
         """Config and fingerprint of the frozen base (a benchmark overrides this and `load_base`)."""
         ckpt = locate_checkpoint(checkpoint_dir)
+        self.base_name, self.base_sources = ckpt.name, dict(ckpt.sources)  # hub models: the commits resolved
         return ckpt.config, ckpt.fingerprint()
 
     def load_base(self, dtype: torch.dtype, device: torch.device) -> tuple[torch.nn.Module, torch.Tensor]:
