@@ -7,6 +7,7 @@ import pytest
 import torch
 import yaml
 from safetensors.torch import load_file
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 from test_train import ROOT, run_fit, step_losses
 
 EPOCHS = 3
@@ -26,15 +27,11 @@ def lora_of(run: Path) -> dict[str, torch.Tensor]:
     return load_file(run / f"lora/epoch_{EPOCHS:03d}/adapter/adapter_model.safetensors")
 
 
-def relative_difference(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> float:
-    """max |a − b| over all tensors / max |b| over all tensors.
-
-    Not per tensor: Adam divides by √v + ε, so an entry whose gradient is ~0 turns float-order
-    noise into an update of up to ~lr·1e-2; a zero-initialised lora_B still near 0 then shows it
-    relative to its own small max (measured 8e-5 on one entry of 512, 5e-6 of the LoRA's scale).
-    """
+def entry_differences(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> torch.Tensor:
+    """|a − b| of every entry of every tensor, over the LoRA's scale (max |b| over all tensors)."""
     assert a.keys() == b.keys()
-    return max((a[k] - b[k]).abs().max().item() for k in a) / max(b[k].abs().max().item() for k in b)
+    scale = max(b[k].abs().max().item() for k in b)
+    return torch.cat([(a[k] - b[k]).abs().flatten() for k in b]) / scale
 
 
 @pytest.fixture(scope="module")
@@ -49,13 +46,28 @@ def splits(tmp_path_factory, tiny_checkpoint, tiny_segments):
 
 
 def test_one_by_four_four_by_one_and_two_by_two_train_the_same_lora(splits):
+    """Same LoRA up to float summation order: losses and gradient norms agree to 1e-5, and so does every entry of
+    the LoRA but a rare few. Adam divides by √v + ε, so an entry whose gradient is ~0 turns float-order noise into
+    an update of up to ~lr·1e-2 (measured: 1 entry of 47,104 at 4.8e-4 of the LoRA's scale, the rest within 1e-5,
+    most identical); a wrong sample weighting or draw moves every entry by far more."""
     reference = lora_of(splits[1, 4])
     assert max(t.abs().max().item() for k, t in reference.items() if "lora_B" in k) > 0, "the LoRA never trained"
     for split in ((4, 1), (2, 2)):
-        assert relative_difference(lora_of(splits[split]), reference) <= 1e-5, split
-    losses = {split: step_losses(run) for split, run in splits.items()}
-    assert sorted(losses[1, 4]) == sorted(losses[4, 1]) == sorted(losses[2, 2]) == list(range(2 * EPOCHS))
-    assert max(abs(losses[4, 1][s] - losses[1, 4][s]) for s in losses[1, 4]) <= 1e-5
+        diff = entry_differences(lora_of(splits[split]), reference)
+        assert (diff > 1e-5).sum().item() <= diff.numel() // 10_000 and diff.max().item() <= 2e-3, split
+    curves = {split: {tag: series(run, tag) for tag in ("train/loss_step", "train/grad_norm")}
+              for split, run in splits.items()}
+    for split in ((4, 1), (2, 2)):
+        for tag, values in curves[split].items():
+            ref = curves[1, 4][tag]
+            assert len(values) == len(ref) == 2 * EPOCHS
+            assert max(abs(a - b) / abs(b) for a, b in zip(values, ref)) <= 1e-5, (split, tag)
+
+
+def series(run: Path, tag: str) -> list[float]:
+    acc = EventAccumulator(str(run))
+    acc.Reload()
+    return [e.value for e in acc.Scalars(tag)]
 
 
 def test_sigkill_mid_epoch_at_four_by_one_resumes_bitwise(tmp_path, splits, tiny_checkpoint, tiny_segments):
