@@ -21,6 +21,7 @@ from lightning.pytorch.loggers import TensorBoardLogger
 from housevox.data import SegmentCacheDataModule
 from housevox.demo import resolve_demo_value
 from housevox.errors import HousevoxError, Stopped, UsageError, run_cli
+from housevox.plan.auto_batch import AutoBatchSize
 from housevox.plan.callback import RunLint
 from housevox.train.callbacks import (
     CosineRestartSchedule,
@@ -134,8 +135,9 @@ def callbacks() -> list:
     # kill during the export resumes from the step checkpoint before it and exports again. ExportEval after
     # LoRAExport: it scores the epoch just exported. StopOnSignal after RunCheckpoints (an epoch-end stop
     # reuses its last.ckpt) and RunProfile, before the slow preview and eval. RunLint first at the train start:
-    # the run's size and predicted time are the fit's first lines.
-    return [CosineRestartSchedule(), LossLogger(), HeavyLogger(), NonFiniteLossGuard(), LoRAExport(),
+    # the run's size and predicted time are the fit's first lines. AutoBatchSize first of all (at setup): the
+    # schedule, the lint and the loaders need the resolved batch_size and accumulation.
+    return [AutoBatchSize(), CosineRestartSchedule(), LossLogger(), HeavyLogger(), NonFiniteLossGuard(), LoRAExport(),
             RunCheckpoints(), RunLint(), RunProfile(), StopOnSignal(), AudioPreview(), ExportEval()]
 
 
@@ -177,6 +179,8 @@ def _cli(cli_class: type[HouseVoxCLI], argv: list[str]) -> HouseVoxCLI:
     """`cli_class` on fit's arguments (`--preset` expanded, `--config` files checked); config errors are one line."""
     # argv is always passed explicitly (after --preset expansion); Lightning would warn that sys.argv differs.
     warnings.filterwarnings("ignore", message="LightningCLI's args parameter is intended")
+    # HouseVoxLoRA draws each batch's noise on the host in on_before_batch_transfer; the datamodule has no such hook.
+    warnings.filterwarnings("ignore", message="You have overridden `on_before_batch_transfer`")
     argv = _expand_preset(argv)
     _check_config_files(argv)
     try:

@@ -32,7 +32,7 @@ class RunLint(L.Callback):
                             eval_every_n_epochs=hp.eval_every_n_epochs, eval_takes=hp.eval_takes,
                             inference_steps=hp.num_inference_steps, max_epochs=trainer.max_epochs,
                             segments_per_step=getattr(trainer.datamodule, "batch_size", 1) * trainer.accumulate_grad_batches,
-                            quantize_base=hp.quantize_base)
+                            quantize_base=hp.quantize_base, compile=hp.get("compile", False))
         if pl_module.device.type == "cuda":
             notes, memory_warnings = predicted_memory(trainer, pl_module)
             for line in notes:

@@ -78,7 +78,7 @@ class CosineRestartSchedule(L.Callback):
 
 
 class LossLogger(L.Callback):
-    """Step loss (mean over the accumulated micro-batches), a smoothed loss, lr and grad norm.
+    """Step loss (mean over the step's samples, whatever the split), a smoothed loss, lr and grad norm.
 
     Losses are summed on the device and only read when logged, so the step has no host sync.
     """
@@ -94,10 +94,10 @@ class LossLogger(L.Callback):
         pl_module._housevox_seen_step = trainer.global_step
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
-        loss = outputs["loss"].detach() if isinstance(outputs, dict) else None
-        if loss is not None:
-            self._sum = loss if self._sum is None else self._sum + loss
-            self._count += 1
+        losses = outputs.get("sample_losses") if isinstance(outputs, dict) else None
+        if losses is not None:
+            self._sum = losses.sum() if self._sum is None else self._sum + losses.sum()
+            self._count += losses.numel()
         if not _stepped(pl_module) or self._sum is None:
             return
         step_loss = self._sum / self._count
