@@ -56,7 +56,9 @@ def measure(run_dir: Path) -> dict:
     if not (init / "config.json").is_file():
         raise HousevoxError(f"{run.folder}: base {checkpoint} is not the demo base (no {init}); the proof is for make demo")
     segments, cache, train_rows, held_rows = split_rows(run, cfg.get("data") or {})
-    takes = plan_takes(distinct_prompts(train_rows, "train"), distinct_prompts(held_rows, "held_out"), TAKES, DEFAULT_SEED)
+    default = (cfg.get("data") or {}).get("default_caption") or ""
+    takes = plan_takes(distinct_prompts(train_rows, "train", default), distinct_prompts(held_rows, "held_out", default),
+                       TAKES, DEFAULT_SEED)
     settings = RenderSettings(DURATION_S, STEPS, DEFAULT_GUIDANCE_SCALE, 1.0)
     embedding = load_embedding("vae")
     family_segments, family_rows = _family_rows(base_work)

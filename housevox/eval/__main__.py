@@ -104,7 +104,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.prompts:
         train_prompts, held_prompts = read_prompts(args.prompts), []
     else:
-        train_prompts, held_prompts = distinct_prompts(train_rows, "train"), distinct_prompts(held_rows, "held_out")
+        default = (cfg.get("data") or {}).get("default_caption") or ""
+        train_prompts = distinct_prompts(train_rows, "train", default)
+        held_prompts = distinct_prompts(held_rows, "held_out", default)
     takes = plan_takes(train_prompts, held_prompts, args.takes, args.seed)
 
     device = pick_device(args.device)

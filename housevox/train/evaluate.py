@@ -58,8 +58,8 @@ class ExportEval(L.Callback):
     def _evaluator(trainer, pl_module, embedding) -> Evaluator:
         hp, data = pl_module.hparams, trainer.datamodule
         train, held_out = data.train_set.entries, data.val_set.entries
-        takes = plan_takes(distinct_prompts(train, "train"), distinct_prompts(held_out, "held_out"), hp.eval_takes,
-                           DEFAULT_SEED)
+        takes = plan_takes(distinct_prompts(train, "train", data.default_caption),
+                           distinct_prompts(held_out, "held_out", data.default_caption), hp.eval_takes, DEFAULT_SEED)
         settings = RenderSettings.of(duration_s=DEFAULT_DURATION_S, steps=hp.num_inference_steps,
                                      guidance_scale=DEFAULT_GUIDANCE_SCALE, shift=hp.shift)
         return Evaluator(embedding, takes, settings, data.segments_dir, train, held_out, data.cache_dir)
