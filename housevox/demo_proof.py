@@ -59,7 +59,7 @@ def measure(run_dir: Path) -> dict:
     default = (cfg.get("data") or {}).get("default_caption") or ""
     takes = plan_takes(distinct_prompts(train_rows, "train", default), distinct_prompts(held_rows, "held_out", default),
                        TAKES, DEFAULT_SEED)
-    settings = RenderSettings(DURATION_S, STEPS, DEFAULT_GUIDANCE_SCALE, 1.0)
+    settings = RenderSettings.of(duration_s=DURATION_S, steps=STEPS, guidance_scale=DEFAULT_GUIDANCE_SCALE, shift=1.0)
     embedding = load_embedding("vae")
     family_segments, family_rows = _family_rows(base_work)
     refs = {"B": reference_set(embedding, segments, train_rows, cache),
