@@ -27,7 +27,7 @@ log = logging.getLogger("housevox")
 
 FAMILY_STYLE = "house"
 FAMILY_TRACKS = 8
-FAMILY_TRACK_S = 31.0  # one 30 s segment per track: eight grooves for the price of eight cache entries
+FAMILY_TRACK_S = 30.0  # exactly one 30 s segment per track: eight grooves for the price of eight cache entries
 CALIBRATION_SEGMENTS = 3
 TRAIN_STEPS = 600
 LEARNING_RATE = 2e-3
