@@ -9,9 +9,9 @@ same bytes in any folder on any machine.
 
 The random-init tiny VAE has a posterior std of ~0.7 around a mean that barely moves (std ~0.015
 over time), so its latent *samples* are 99.9 % noise and no DiT can learn a style from them. The
-demo VAE's encoder head is therefore calibrated on family A: the mean channels standardised, the
-posterior std set to 1e-4 (the decoder's input layer undoes the standardisation). The VAE is not
-trained, so renders still sound like noise; the eval's `vae` embedding scores latents.
+demo VAE's encoder is therefore set (not trained) to a four-band energy analyser in the Oobleck
+layout, standardised on family A with a posterior std of 1e-4; its decoder stays random, so renders
+still sound like noise. The eval's `vae` embedding scores latents, which is where the styles differ.
 """
 
 import logging
@@ -34,11 +34,6 @@ LEARNING_RATE = 2e-3
 WARMUP_STEPS = 30
 CFG_RATIO = 0.15
 POSTERIOR_LOG_STD = -30.0  # softplus(-30) + 1e-4: the posterior std is the 1e-4 floor
-
-
-def _weight_norm_parts(weight: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """(g, v) of torch's weight_norm (dim 0) for a plain weight: v = weight, g = its norm per output channel."""
-    return weight.flatten(1).norm(dim=1).view(-1, *([1] * (weight.ndim - 1))), weight
 
 
 def _weight(state: dict, prefix: str) -> torch.Tensor:
@@ -121,14 +116,13 @@ def calibrated_vae_state(vae, clips: list[torch.Tensor]) -> dict[str, torch.Tens
     state = {k: v.clone() for k, v in vae.state_dict().items()}
     width = centre.numel()
     head = _weight(state, "encoder.conv2")  # [2D, C, k]: mean rows, then log-std rows
-    bias = state["encoder.conv2.bias"]
+    bias = state["encoder.conv2.bias"].clone()
     head[:width] /= scale.view(-1, 1, 1)
     bias[:width] = (bias[:width] - centre) / scale
     head[width:] = 0.0
     bias[width:] = POSTERIOR_LOG_STD
-    state["encoder.conv2.weight_g"], state["encoder.conv2.weight_v"] = _weight_norm_parts(head)
-    state["encoder.conv2.weight_g"][width:] = 0.0
-    state["encoder.conv2.weight_v"][width:] = 1.0  # any direction: its norm g is 0
+    _set_conv(state, "encoder.conv2", head)
+    state["encoder.conv2.bias"] = bias
     return state
 
 
