@@ -50,6 +50,8 @@ def measure(run_dir: Path) -> dict:
     if not run.saves:
         raise HousevoxError(f"{run.folder}: no LoRA exported yet")
     cfg = run_config(run)
+    if not (cfg.get("model") or {}).get("checkpoint_dir"):
+        raise HousevoxError(f"{run.folder / 'config.yaml'}: no model.checkpoint_dir (not a housevox fit run?)")
     checkpoint = Path(cfg["model"]["checkpoint_dir"])
     base_work = checkpoint.parent.parent / "base"
     init = base_work / "init" / checkpoint.name
