@@ -199,7 +199,7 @@ def train_dit(init: Path, segments: Path, seed: int) -> tuple[dict[str, torch.Te
                 torch.nn.utils.clip_grad_norm_(dit.parameters(), 1.0)
                 optimizer.step()
                 schedule.step()
-                losses.append(float(loss))
+                losses.append(loss.item())
                 step += 1
                 bar.update()
                 bar.set_postfix(loss=f"{losses[-1]:.3f}")
