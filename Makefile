@@ -27,6 +27,7 @@ lock: | $(UV)
 
 demo: $(STAMP)
 	$(PY) -m housevox.fit fit --config configs/demo.yaml
+	$(PY) -m housevox.demo_proof lightning_logs/demo
 
 test: $(STAMP)
 	$(PY) -m pytest -q

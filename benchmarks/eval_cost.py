@@ -96,8 +96,8 @@ def main() -> None:
         take = [EvalTake(Prompt("house music style, soulful vocal performance, 122 bpm"), 42)]
         clips = []
         render_s = timed(lambda: clips.extend(render_takes(dit, renderer, take, settings, 1.0)), args.repeats)
-        embedding = VaeEmbedding(renderer.vae)
-        embed_s = timed(lambda: embedding.audio(clips[0]), args.repeats)
+        latents = render_takes(dit, renderer, take, settings, 1.0, decode=False)
+        embed_s = timed(lambda: VaeEmbedding().latents(latents[0]), args.repeats)  # the vae embedding reads latents
     render, embed = statistics.median(render_s), statistics.median(embed_s)
     per_epoch = args.takes * (render + embed)
 

@@ -15,6 +15,7 @@ from pathlib import Path
 
 from housevox.atomic import write_text
 from housevox.errors import HousevoxError, UsageError, run_cli
+from housevox.demo_proof import PROOF_FILE, proof_table_markdown, read_proof
 from housevox.eval.results import EVAL_FILE, eval_table_markdown, read_eval
 from housevox.lora.targets import ADAPTER_NAMES
 from housevox.report import Run, SavePoint, load_run, loss_table_markdown, plot_training, run_config, save_figure
@@ -255,8 +256,21 @@ def render(run: Run, save: SavePoint, cfg: dict) -> str:
         loss_table_markdown(run, chosen=save.epoch), "",
         f"![loss curve]({LOSS_PNG})", "",
         "## Objective evaluation", "", *eval_section(run, save.epoch), "",
+        *proof_section(run),
     ]
     return "\n".join(parts)
+
+
+def proof_section(run: Run) -> list[str]:
+    """The demo's proof table (`python -m housevox.demo_proof`, run by make demo), when the run has one."""
+    doc = read_proof(run.folder)
+    if doc is None:
+        return []
+    s = doc["render"]
+    return ["## Demo proof: it learned style B", "",
+            f"From `{PROOF_FILE}`: FAD in the `{doc['embedding']['kind']}` embedding (sampler latents vs cache latents, "
+            f"per 1/25 s frame) of {len(doc['takes'])} fixed takes, {s['steps']} steps, {s['duration_s']:g} s each.", "",
+            proof_table_markdown(doc), ""]
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:

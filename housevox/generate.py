@@ -93,8 +93,10 @@ class Renderer:
         return self.render_batch(dit, [take], progress)[0]
 
     @torch.no_grad()
-    def render_batch(self, dit, takes: list[Take], progress: bool = False, batch_size: int = 4) -> list[torch.Tensor]:
-        """`render` for each take, up to `batch_size` takes sharing one sampler batch (padded, masked: exact per take).
+    def render_batch(self, dit, takes: list[Take], progress: bool = False, batch_size: int = 4,
+                     decode: bool = True) -> list[torch.Tensor]:
+        """`render` for each take, up to `batch_size` takes sharing one sampler batch (padded, masked: exact per take);
+        without `decode`, each take's sampler latents [1, frames, D] instead of its clip.
 
         Takes batch together when everything but caption, lyrics, metas and seed agrees; each clip is
         decoded alone, so the VAE's memory does not grow with the batch.
@@ -106,11 +108,11 @@ class Renderer:
         for members in groups.values():
             for start in range(0, len(members), batch_size):
                 chunk = members[start:start + batch_size]
-                for i, audio in zip(chunk, self._render_together(dit, [takes[i] for i in chunk], progress)):
+                for i, audio in zip(chunk, self._render_together(dit, [takes[i] for i in chunk], progress, decode)):
                     clips[i] = audio
         return [clips[i] for i in range(len(takes))]
 
-    def _render_together(self, dit, takes: list[Take], progress: bool) -> list[torch.Tensor]:
+    def _render_together(self, dit, takes: list[Take], progress: bool, decode: bool) -> list[torch.Tensor]:
         device = next(dit.parameters()).device
         first = takes[0]
         encoded = [encode_take(self.builder, take) for take in takes]
@@ -127,6 +129,8 @@ class Renderer:
             latents = sample_latents(dit_step, noise, cond, null, context, first.steps, shift=first.shift,
                                      guidance_scale=first.guidance_scale, guidance=first.guidance, dcw=first.dcw,
                                      encoder_attention_mask=None if bool(mask.all()) else mask)
+        if not decode:
+            return [row[None] for row in latents]
         vae_param = next(self.vae.parameters())
         return [self.vae.decode(row[None].transpose(1, 2).to(vae_param.device, vae_param.dtype)).sample[0].float().cpu()
                 for row in latents]

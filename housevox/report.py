@@ -76,8 +76,11 @@ def event_files(folder: Path) -> list[Path]:
 
 def read_scalars(folder: Path) -> dict[str, list]:
     """Raw scalar events per tag, oldest write first; a resumed run's re-logged steps come later and win."""
+    import logging
+
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
+    logging.getLogger("tensorboard").setLevel(logging.WARNING)  # its "No path found after …" info line is not ours
     acc = EventAccumulator(str(folder), size_guidance={"scalars": 0})
     acc.Reload()
     return {tag: sorted(acc.Scalars(tag), key=lambda e: e.wall_time) for tag in acc.Tags()["scalars"]}

@@ -40,3 +40,13 @@ def tiny_segments(tmp_path_factory, tiny_checkpoint) -> Path:
     assert prep.main(["--input", str(root / "tracks"), "--output", str(root / "segments"), "--workers", "1"]) == 0
     build_cache(root / "segments", tiny_checkpoint, root / "segments" / "cache", default_caption="")
     return root / "segments"
+
+
+@pytest.fixture(scope="session")
+def demo_root(tmp_path_factory) -> Path:
+    """A `demo/` folder holding the trained demo base (checkpoints/ and base/), built once per session; copy it."""
+    from housevox.demo import ensure_demo_checkpoint
+
+    root = tmp_path_factory.mktemp("demo-base") / "demo"
+    ensure_demo_checkpoint(root)
+    return root

@@ -159,9 +159,12 @@ def test_clap_score_orders_matching_above_mismatched_after_training(tmp_path):
 
 def test_prompts_and_takes(tmp_path):
     rows = [{"caption": "a", "lyrics": "x", "bpm": 120}, {"caption": "a", "lyrics": "x", "bpm": 120},
-            {"caption": "b"}, {"caption": ""}]
+            {"caption": "b"}]
     train = distinct_prompts(rows, "train")
     assert [p.caption for p in train] == ["a", "b"] and train[0].bpm == 120
+    # Segments without a caption trained on the run's data.default_caption (empty unless set): the eval renders that.
+    assert [p.caption for p in distinct_prompts([{"caption": ""}, {}], "train", "deep house")] == ["deep house"]
+    assert [p.caption for p in distinct_prompts([{"caption": None}], "train")] == [""]
     held = distinct_prompts([{"caption": "h"}], "held_out")
     takes = plan_takes(train, held, 8, seed=42)
     assert [t.prompt.caption for t in takes] == ["a", "b", "a", "b", "a", "b", "h", "h"]

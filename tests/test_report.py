@@ -114,3 +114,18 @@ def test_card_errors_are_one_line(run, tmp_path, capsys, args, message):
     assert run_cli(card.main, argv) != 0
     err = capsys.readouterr().err
     assert err.startswith("error: ") and message in err and err.count("\n") == 1
+
+
+def test_reading_event_files_keeps_tensorboards_info_lines_out(tmp_path, caplog):
+    """TensorBoard's reader logs "No path found after …tfevents…" at INFO; housevox's CLIs print only their own lines."""
+    import logging
+
+    from torch.utils.tensorboard import SummaryWriter
+
+    from housevox.report import read_scalars
+
+    with SummaryWriter(log_dir=str(tmp_path)) as writer:
+        writer.add_scalar("train/loss_epoch", 1.0, 0)
+    with caplog.at_level(logging.INFO):
+        assert [e.value for e in read_scalars(tmp_path)["train/loss_epoch"]] == [1.0]
+    assert not [r for r in caplog.records if r.name.startswith("tensorboard")]

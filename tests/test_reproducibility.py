@@ -68,8 +68,12 @@ def test_a_drawn_seed_is_drawn_before_the_adapters_and_decides_them(tiny_checkpo
     assert_bitwise_equal(init, replay)
 
 
-def test_fit_that_builds_everything_equals_fit_that_finds_it_on_disk(tmp_path):
-    """Run 1 writes the tiny checkpoint, segments and cache in-process; run 2 finds them on disk."""
+def test_fit_that_builds_everything_equals_fit_that_finds_it_on_disk(tmp_path, demo_root):
+    """Run 1 writes the demo segments and cache in-process; run 2 finds them on disk.
+
+    The demo base is the session's (building it is covered by the two-folder make demo test below).
+    """
+    shutil.copytree(demo_root, tmp_path / "demo")
     args = ["fit", "--config", str(ROOT / "configs" / "demo.yaml"), "--trainer.default_root_dir", str(tmp_path),
             "--trainer.max_epochs", "2", "--model.sample_every_n_epochs", "0", "--trainer.enable_progress_bar", "false"]
     assert fit_main([*args, "--run_name", "built"]) == 0

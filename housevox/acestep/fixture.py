@@ -125,15 +125,20 @@ def write_sharded(state: dict[str, torch.Tensor], folder: Path, stem: str, shard
     atomic.write_json(folder / f"{stem}.safetensors.index.json", {"metadata": {"total_size": total}, "weight_map": weight_map})
 
 
-def write_vae(folder: Path, seed: int, dims: dict) -> None:
+def random_vae(seed: int, dims: dict):
     from diffusers import AutoencoderOobleck
 
     with warnings.catch_warnings(), isolated_global_rng(seed):
         warnings.simplefilter("ignore", FutureWarning)  # Oobleck still uses the old weight_norm API
-        vae = AutoencoderOobleck(**dims)
+        return AutoencoderOobleck(**dims)
+
+
+def write_vae(folder: Path, seed: int, dims: dict, state: dict[str, torch.Tensor] | None = None) -> None:
     config = {"_class_name": "AutoencoderOobleck", **dims}
     atomic.write_json(folder / "config.json", config)
-    atomic.save_safetensors(vae.state_dict(), folder / "diffusion_pytorch_model.safetensors", {"format": "pt"})
+    state = state if state is not None else random_vae(seed, dims).state_dict()
+    atomic.save_safetensors({k: v.contiguous() for k, v in state.items()}, folder / "diffusion_pytorch_model.safetensors",
+                            {"format": "pt"})
 
 
 def build_offline_tokenizer():
@@ -168,8 +173,13 @@ def write_text_encoder(folder: Path, width: int, seed: int) -> None:
 
 
 def make_fixture(out: str | Path, preset: str = "tiny", seed: int = 0, num_layers: int | None = None,
-                 shard_mb: float = 0.5, with_aux: bool = True) -> Path:
-    """Write the checkpoint folder; `xl`/`2b` write weights too, so keep `num_layers` small for those."""
+                 shard_mb: float = 0.5, with_aux: bool = True, dit_state: dict[str, torch.Tensor] | None = None,
+                 vae_state: dict[str, torch.Tensor] | None = None) -> Path:
+    """Write the checkpoint folder; `xl`/`2b` write weights too, so keep `num_layers` small for those.
+
+    `dit_state` (housevox DiT keys) and `vae_state` replace the random DiT and VAE: the demo base is
+    written this way, through the same writer as every random fixture.
+    """
     if preset not in PRESETS:
         raise UsageError(f"--preset: unknown preset {preset!r} (choose from {', '.join(PRESETS)})")
     raw = json.loads(json.dumps(PRESETS[preset]))
@@ -179,13 +189,19 @@ def make_fixture(out: str | Path, preset: str = "tiny", seed: int = 0, num_layer
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     cfg = AceStepConfig.from_upstream(raw)
-    write_sharded(upstream_state_dict(cfg, seed), out, "model", int(shard_mb * 2**20))
+    state = upstream_state_dict(cfg, seed)
+    if dit_state is not None:
+        trained = {to_upstream_key("decoder", k): v.detach().contiguous() for k, v in dit_state.items()}
+        if trained.keys() - state.keys():
+            raise ValueError(f"dit_state has keys the checkpoint does not: {sorted(trained.keys() - state.keys())[:3]}")
+        state.update(trained)
+    write_sharded(state, out, "model", int(shard_mb * 2**20))
     tiny = preset.startswith("tiny")
     frames = 3000 if tiny else 15000
     silence = 0.1 * torch.randn(1, cfg.timbre_hidden_dim, frames, generator=torch.Generator().manual_seed(seed + 2))
     atomic.save_torch(silence, out / "silence_latent.pt")
     if with_aux:
-        write_vae(out / "vae", seed + 3, TINY_VAE if tiny else REAL_VAE)
+        write_vae(out / "vae", seed + 3, TINY_VAE if tiny else REAL_VAE, vae_state)
         write_text_encoder(out / TEXT_ENCODER_DIRNAME, cfg.text_hidden_dim, seed + 4)
     atomic.write_json(out / "config.json", raw)  # last: a folder with config.json is complete
     return out

@@ -50,8 +50,8 @@ def select_epochs(run: Run, value: str) -> list[SavePoint]:
     return [by_epoch[e] for e in dict.fromkeys(wanted)]
 
 
-def split_rows(run: Run, data: dict) -> tuple[Path, list[dict], list[dict]]:
-    """(segments folder, training rows, held-out rows): the run's own split of its cache index."""
+def split_rows(run: Run, data: dict) -> tuple[Path, Path, list[dict], list[dict]]:
+    """(segments folder, cache folder, training rows, held-out rows): the run's own split of its cache index."""
     if not data.get("segments_dir"):
         raise HousevoxError(f"{run.folder / 'config.yaml'}: no data.segments_dir (not a housevox fit run?)")
     segments = Path(data["segments_dir"])
@@ -59,7 +59,7 @@ def split_rows(run: Run, data: dict) -> tuple[Path, list[dict], list[dict]]:
     val_fraction = data.get("val_fraction",
                             inspect.signature(SegmentCacheDataModule).parameters["val_fraction"].default)
     train, held_out = split_entries(read_index(cache), data.get("val_tracks"), val_fraction, cache)
-    return segments, train, held_out
+    return segments, cache, train, held_out
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
@@ -99,22 +99,23 @@ def main(argv: Sequence[str] | None = None) -> int:
     checkpoint_dir = args.checkpoint_dir or (cfg.get("model") or {}).get("checkpoint_dir")
     if not checkpoint_dir:
         raise UsageError(f"{run.folder}: no model.checkpoint_dir in config.yaml; pass --checkpoint-dir")
-    segments, train_rows, held_rows = split_rows(run, cfg.get("data") or {})
+    segments, cache, train_rows, held_rows = split_rows(run, cfg.get("data") or {})
     lora_defaults(args, saves[0].lora.metadata, str(saves[0].comfyui_file))
     if args.prompts:
         train_prompts, held_prompts = read_prompts(args.prompts), []
     else:
-        train_prompts, held_prompts = distinct_prompts(train_rows, "train"), distinct_prompts(held_rows, "held_out")
+        default = (cfg.get("data") or {}).get("default_caption") or ""
+        train_prompts = distinct_prompts(train_rows, "train", default)
+        held_prompts = distinct_prompts(held_rows, "held_out", default)
     takes = plan_takes(train_prompts, held_prompts, args.takes, args.seed)
 
     device = pick_device(args.device)
     ckpt = open_checkpoint(checkpoint_dir)
-    clap = load_embedding("clap", None, args.clap_model, device) if args.embedding == "clap" else None  # before any model
+    embedding = load_embedding(args.embedding, args.clap_model, device)  # before any model: a missing CLAP fails fast
     renderer = Renderer.from_checkpoint(ckpt, device)
-    embedding = clap or load_embedding("vae", renderer.vae)
     settings = RenderSettings.of(duration_s=args.duration, steps=args.steps, guidance_scale=args.guidance_scale,
                                  shift=args.shift)
-    evaluator = Evaluator(embedding, takes, settings, segments, train_rows, held_rows)
+    evaluator = Evaluator(embedding, takes, settings, segments, train_rows, held_rows, cache)
     dit = load_dit(ckpt, dtype=model_dtype(device), device=device)
     from torch.utils.tensorboard import SummaryWriter
 

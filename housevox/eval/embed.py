@@ -1,7 +1,8 @@
-"""Audio (and text) embeddings for FAD and the CLAP score: LAION CLAP through transformers, or the checkpoint's VAE.
+"""Embeddings for FAD and the CLAP score: LAION CLAP on audio through transformers, or the checkpoint's VAE latents.
 
-Every clip is 48 kHz stereo float32 [2, S], the format renders and segments share. An
-embedding turns one clip into [n, D] vectors: FAD fits its Gaussian to all vectors of a
+CLAP takes 48 kHz stereo float32 clips [2, S], the format renders and segments share; the
+`vae` embedding takes latents [T, D] (a render's sampler output, a segment's cache entry).
+An embedding turns one item into [n, D] vectors: FAD fits its Gaussian to all vectors of a
 set (fadtk's per-window convention), the CLAP score compares each vector with the prompt.
 """
 
@@ -58,6 +59,7 @@ class ClapEmbedding:
         return embedding
 
     scores_text = True
+    space = "audio"
 
     def windows(self, clip: torch.Tensor) -> list[np.ndarray]:
         """Mono windows of the model's length; a last partial window counts when at least half full."""
@@ -86,25 +88,25 @@ class ClapEmbedding:
 
 
 class VaeEmbedding:
-    """The checkpoint's own VAE: one 64-wide posterior-mean latent per 1/25 s frame. No download, no text side."""
+    """The checkpoint's own VAE space: one latent (64 wide for XL) per 1/25 s frame. No download, no text side.
+
+    Renders are scored on the sampler's latents and segments on their cache entries, the very
+    latents the LoRA trained on. Decoding a render and encoding it again instead would score
+    the VAE's round trip too: on the random-init tiny VAE that round trip alone hid every change.
+    """
 
     record = {"kind": "vae"}
     scores_text = False
+    space = "latents"
 
-    def __init__(self, vae):
-        self.vae = vae
-
-    @torch.no_grad()
-    def audio(self, clip: torch.Tensor) -> np.ndarray:
-        param = next(self.vae.parameters())
-        posterior = self.vae.encode(clip[None].to(param.device, param.dtype)).latent_dist
-        return posterior.mean[0].T.double().cpu().numpy()
+    def latents(self, latents: torch.Tensor) -> np.ndarray:
+        return latents.reshape(-1, latents.shape[-1]).double().cpu().numpy()
 
 
-def load_embedding(kind: str, vae, clap_model: str = DEFAULT_CLAP, device: torch.device | str = "cpu"):
-    """`vae` (the checkpoint's VAE, already loaded for decoding) or `clap` (`clap_model` from the local cache)."""
+def load_embedding(kind: str, clap_model: str = DEFAULT_CLAP, device: torch.device | str = "cpu"):
+    """`vae` (the checkpoint's latent space) or `clap` (`clap_model` from the local cache)."""
     if kind == "vae":
-        return VaeEmbedding(vae)
+        return VaeEmbedding()
     if kind == "clap":
         return ClapEmbedding.from_pretrained(clap_model, device)
     raise HousevoxError(f"embedding {kind!r}: choose clap or vae")

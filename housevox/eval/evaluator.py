@@ -11,7 +11,7 @@ from pathlib import Path
 from housevox.eval.prompts import EvalTake
 from housevox.eval.render import Renderer, RenderSettings, render_takes
 from housevox.eval.results import add_epoch, carry_over, epoch_row, log_scalars, new_document, read_eval, write_eval
-from housevox.eval.score import embed_clips, reference_set, score_renders
+from housevox.eval.score import embed_renders, reference_set, score_renders
 from housevox.errors import HousevoxError
 
 log = logging.getLogger("housevox")
@@ -22,19 +22,19 @@ class Evaluator:
     so a fit-time eval can free them between exports."""
 
     def __init__(self, embedding, takes: list[EvalTake], settings: RenderSettings,
-                 segments_dir: str | Path, train_rows: list[dict], held_out_rows: list[dict]):
+                 segments_dir: str | Path, train_rows: list[dict], held_out_rows: list[dict], cache_dir: str | Path):
         self.takes, self.settings = takes, settings
-        self.train = reference_set(embedding, segments_dir, train_rows)
+        self.train = reference_set(embedding, segments_dir, train_rows, cache_dir)
         if self.train is None:
             raise HousevoxError(f"{segments_dir}: no training segments to compare the renders with")
-        self.held_out = reference_set(embedding, segments_dir, held_out_rows)
+        self.held_out = reference_set(embedding, segments_dir, held_out_rows, cache_dir)
         if self.held_out is None:
             log.warning("eval: no held-out tracks (data.val_tracks / val_fraction): fad_held_out is not measured")
         self.doc: dict | None = None
 
     def scores(self, dit, renderer: Renderer, embedding, lora_scale: float) -> dict:
-        clips = render_takes(dit, renderer, self.takes, self.settings, lora_scale)
-        return score_renders(embedding, embed_clips(embedding, clips), self.takes, self.train, self.held_out)
+        renders = render_takes(dit, renderer, self.takes, self.settings, lora_scale, decode=embedding.space == "audio")
+        return score_renders(embedding, embed_renders(embedding, renders), self.takes, self.train, self.held_out)
 
     def start(self, dit, renderer: Renderer, embedding, run_folder: str | Path) -> dict:
         """Score the base (adapters at scale 0) and open the run's document, keeping comparable earlier epochs."""

@@ -36,9 +36,10 @@ class EvalTake:
         return {**{INDEX_NAMES.get(k, k): v for k, v in asdict(self.prompt).items()}, "seed": self.seed}
 
 
-def distinct_prompts(rows: list[dict], origin: str) -> list[Prompt]:
-    """One prompt per distinct caption-field tuple, in the rows' order (rows without a caption are skipped)."""
-    seen = dict.fromkeys(tuple(row.get(f) for f in PROMPT_FIELDS) for row in rows if row.get("caption"))
+def distinct_prompts(rows: list[dict], origin: str, default_caption: str = "") -> list[Prompt]:
+    """One prompt per distinct caption-field tuple, in the rows' order; a row without a caption gets
+    `default_caption` (the run's data.default_caption, empty by default), the caption fit trained it on."""
+    seen = dict.fromkeys((row.get("caption") or default_caption, *(row.get(f) for f in PROMPT_FIELDS[1:])) for row in rows)
     return [Prompt(*values, origin=origin) for values in seen]
 
 
@@ -71,7 +72,7 @@ def plan_takes(train: list[Prompt], held_out: list[Prompt], n: int, seed: int, h
     if n < 1:
         raise HousevoxError(f"--takes {n}: must be at least 1")
     if not train and not held_out:
-        raise HousevoxError("no prompts: the segments have no captions; pass --prompts FILE")
+        raise HousevoxError("no prompts: no segments to take captions from; pass --prompts FILE")
     n_held = min(n, max(1, round(held_out_share * n))) if held_out else 0
     n_held = n_held if train else n
     order = [train[i % len(train)] for i in range(n - n_held)] + [held_out[i % len(held_out)] for i in range(n_held)]

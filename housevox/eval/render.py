@@ -11,6 +11,7 @@ import torch
 from housevox.eval.prompts import EvalTake
 from housevox.generate import DEFAULT_GUIDANCE_SCALE, Renderer, Take
 from housevox.lora import set_lora_scale
+from housevox.lora.targets import lora_layers
 
 DEFAULT_DURATION_S = 30.0  # the segment length: renders and references cover the same span
 __all__ = ["DEFAULT_DURATION_S", "DEFAULT_GUIDANCE_SCALE", "RenderSettings", "Renderer", "render_takes"]
@@ -41,16 +42,22 @@ class RenderSettings:
 
 
 def render_takes(dit, renderer: Renderer, takes: list[EvalTake], settings: RenderSettings,
-                 lora_scale: float) -> list[torch.Tensor]:
-    """One clip [2, S] per take with the adapters at `lora_scale` (0 = the base alone); scale 1 and mode restored after.
+                 lora_scale: float, decode: bool = True) -> list[torch.Tensor]:
+    """One clip [2, S] (or, without `decode`, the sampler's latents [1, T, D]) per take with the adapters at
+    `lora_scale` (0 = the base alone; a DiT without adapters is rendered as it is); scale 1 and mode restored after.
 
     Takes render in sampler batches (Renderer.render_batch: padded, masked, each take as if alone).
     """
     was_training = dit.training
+    adapted = bool(lora_layers(dit))
+    if not adapted and lora_scale != 0.0:
+        raise ValueError(f"render_takes: lora_scale {lora_scale} for a DiT without adapters")
     dit.eval()
-    set_lora_scale(dit, lora_scale)
+    if adapted:
+        set_lora_scale(dit, lora_scale)
     try:
-        return renderer.render_batch(dit, [settings.take(t) for t in takes])
+        return renderer.render_batch(dit, [settings.take(t) for t in takes], decode=decode)
     finally:
-        set_lora_scale(dit, 1.0)
+        if adapted:
+            set_lora_scale(dit, 1.0)
         dit.train(was_training)

@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from housevox.data.cache import segment_audio
+from housevox.data.cache import entry_path, load_entry, segment_audio
 from housevox.eval.embed import clap_scores
 from housevox.eval.fad import Gaussian, fit_gaussian, frechet_distance
 from housevox.eval.prompts import EvalTake
@@ -27,17 +27,23 @@ class ReferenceSet:
         return {"segments": self.segments, "tracks": self.tracks, "vectors": self.gaussian.count}
 
 
-def embed_clips(embedding, clips: list[torch.Tensor]) -> list[np.ndarray]:
-    return [embedding.audio(clip) for clip in clips]
+def embed_renders(embedding, renders: list[torch.Tensor]) -> list[np.ndarray]:
+    """Vectors of each render: clips [2, S] for an audio embedding, latents [1, T, D] for the `vae` one."""
+    return [embedding.audio(r) if embedding.space == "audio" else embedding.latents(r) for r in renders]
 
 
-def reference_set(embedding, segments_dir: str | Path, rows: list[dict]) -> ReferenceSet | None:
-    """The Gaussian of every segment's vectors (each distinct segment file once); None for no rows."""
-    files = list(dict.fromkeys(row["file"] for row in rows))
-    if not files:
+def reference_set(embedding, segments_dir: str | Path, rows: list[dict], cache_dir: str | Path) -> ReferenceSet | None:
+    """The Gaussian of every segment's vectors (each distinct segment once: its WAV, or its cache entry's latents
+    for the `vae` embedding); None for no rows."""
+    if embedding.space == "latents":
+        keys = list(dict.fromkeys(row["key"] for row in rows))
+        vectors = [embedding.latents(load_entry(entry_path(cache_dir, k), k)["target_latents"]) for k in keys]
+    else:
+        keys = list(dict.fromkeys(row["file"] for row in rows))
+        vectors = [embedding.audio(segment_audio(Path(segments_dir) / f)[0]) for f in keys]
+    if not keys:
         return None
-    vectors = [embedding.audio(segment_audio(Path(segments_dir) / f)[0]) for f in files]
-    return ReferenceSet(fit_gaussian(np.concatenate(vectors)), len(files), sorted({str(r["track"]) for r in rows}))
+    return ReferenceSet(fit_gaussian(np.concatenate(vectors)), len(keys), sorted({str(r["track"]) for r in rows}))
 
 
 def score_renders(embedding, vectors: list[np.ndarray], takes: list[EvalTake], train: ReferenceSet,

@@ -36,7 +36,7 @@ class ExportEval(L.Callback):
         """Fail before any training when the CLAP weights are not in the local cache."""
         hp = pl_module.hparams
         if hp.eval_every_n_epochs > 0 and hp.eval_embedding == "clap" and trainer.is_global_zero:
-            load_embedding("clap", None, DEFAULT_CLAP)
+            load_embedding("clap", DEFAULT_CLAP)
 
     @rank_zero_only
     def on_train_epoch_end(self, trainer, pl_module) -> None:
@@ -46,14 +46,11 @@ class ExportEval(L.Callback):
             return
         with borrowed_renderer(pl_module.dit, open_checkpoint(hp.checkpoint_dir)) as renderer:
             device = next(pl_module.dit.parameters()).device
-            embedding = load_embedding(hp.eval_embedding, renderer.vae, DEFAULT_CLAP, device)
-            try:
-                if self.evaluator is None:
-                    self.evaluator = self._evaluator(trainer, pl_module, embedding)
-                row = self.evaluator.score_epoch(pl_module.dit, renderer, embedding, run_dir(trainer), epoch,
-                                                 trainer.global_step, export_file(trainer, epoch).name, _writer(trainer))
-            finally:
-                del embedding  # before the renderer is freed: it may hold the renderer's VAE
+            embedding = load_embedding(hp.eval_embedding, DEFAULT_CLAP, device)
+            if self.evaluator is None:
+                self.evaluator = self._evaluator(trainer, pl_module, embedding)
+            row = self.evaluator.score_epoch(pl_module.dit, renderer, embedding, run_dir(trainer), epoch,
+                                             trainer.global_step, export_file(trainer, epoch).name, _writer(trainer))
         log.info("eval: epoch %d: FAD to training set %.4g (base %.4g)", epoch, row["fad_train"],
                  self.evaluator.doc["base"]["fad_train"])
 
@@ -61,11 +58,11 @@ class ExportEval(L.Callback):
     def _evaluator(trainer, pl_module, embedding) -> Evaluator:
         hp, data = pl_module.hparams, trainer.datamodule
         train, held_out = data.train_set.entries, data.val_set.entries
-        takes = plan_takes(distinct_prompts(train, "train"), distinct_prompts(held_out, "held_out"), hp.eval_takes,
-                           DEFAULT_SEED)
+        takes = plan_takes(distinct_prompts(train, "train", data.default_caption),
+                           distinct_prompts(held_out, "held_out", data.default_caption), hp.eval_takes, DEFAULT_SEED)
         settings = RenderSettings.of(duration_s=DEFAULT_DURATION_S, steps=hp.num_inference_steps,
                                      guidance_scale=DEFAULT_GUIDANCE_SCALE, shift=hp.shift)
-        return Evaluator(embedding, takes, settings, data.segments_dir, train, held_out)
+        return Evaluator(embedding, takes, settings, data.segments_dir, train, held_out, data.cache_dir)
 
 
 def _writer(trainer):

@@ -31,6 +31,27 @@ VAL_TIMESTEPS = (0.1, 0.3, 0.5, 0.7, 0.9)
 VAL_NOISE_SEED = 20260501
 
 
+def flow_sample_losses(dit, batch: dict, t: torch.Tensor, noise: torch.Tensor,
+                       null_condition: torch.Tensor | None = None, drop: torch.Tensor | None = None) -> torch.Tensor:
+    """[B] flow-matching losses: predict noise − x0 at x_t = t·noise + (1 − t)·x0; `drop` rows get the null condition.
+
+    A padded batch (`batch["padded"]`, set by the collate) masks each row's padding out of the
+    cross-attention, so each row's loss is its segment's loss alone. Shared by the LoRA step and
+    the demo base's full training, so both learn the same thing.
+    """
+    dtype = next(dit.parameters()).dtype
+    x0 = batch["target_latents"].float()
+    cond = batch["encoder_hidden_states"]
+    if drop is not None:
+        null = null_condition.to(cond.dtype).expand_as(cond)
+        cond = torch.where(drop.view(-1, 1, 1), null, cond)
+    mask = batch["encoder_attention_mask"] if batch.get("padded") else None
+    x_t = flow.noisy_latents(x0, noise, t)
+    t_in = t.to(dtype)
+    pred = dit(x_t.to(dtype), t_in, t_in, cond.to(dtype), batch["context_latents"].to(dtype), encoder_attention_mask=mask)
+    return flow.sample_losses(pred, flow.velocity_target(x0, noise))
+
+
 class HouseVoxLoRA(L.LightningModule):
     def __init__(
         self,
@@ -216,23 +237,8 @@ class HouseVoxLoRA(L.LightningModule):
 
     def sample_losses(self, batch: dict, t: torch.Tensor, noise: torch.Tensor,
                       drop: torch.Tensor | None = None) -> torch.Tensor:
-        """[B] flow-matching losses: predict noise − x0 at x_t = t·noise + (1 − t)·x0; `drop` rows get the null condition.
-
-        A padded batch (`batch["padded"]`, set by the collate) masks each row's padding out of the
-        cross-attention, so each row's loss is its segment's loss alone.
-        """
-        dtype = next(self.dit.parameters()).dtype
-        x0 = batch["target_latents"].float()
-        cond = batch["encoder_hidden_states"]
-        if drop is not None:
-            null = self.null_condition.to(cond.dtype).expand_as(cond)
-            cond = torch.where(drop.view(-1, 1, 1), null, cond)
-        mask = batch["encoder_attention_mask"] if batch.get("padded") else None
-        x_t = flow.noisy_latents(x0, noise, t)
-        t_in = t.to(dtype)
-        pred = self.dit(x_t.to(dtype), t_in, t_in, cond.to(dtype), batch["context_latents"].to(dtype),
-                        encoder_attention_mask=mask)
-        return flow.sample_losses(pred, flow.velocity_target(x0, noise))
+        """[B] flow-matching losses of the adapted DiT (see `flow_sample_losses`)."""
+        return flow_sample_losses(self.dit, batch, t, noise, self.null_condition if drop is not None else None, drop)
 
     def flow_loss(self, batch: dict, t: torch.Tensor, noise: torch.Tensor, drop: torch.Tensor | None = None) -> torch.Tensor:
         """The mean of `sample_losses`."""
