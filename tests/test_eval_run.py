@@ -74,7 +74,7 @@ def test_fit_time_eval_cli_and_card(run, capsys):
     (["{run}", "--epochs", "7"], "no LoRA for epoch 7 (exported: 1, 2)"),
     (["{run}", "--epochs", "x"], "--epochs must be all or comma-separated"),
     (["{run}", "--takes", "1"], "--takes 1: FAD needs at least 2 takes"),
-    (["{run}", "--embedding", "clap", "--clap-model", "{tmp}/none"], "not in the local Hugging Face cache"),
+    (["{run}", "--embedding", "clap", "--clap-model", "{tmp}/none"], "no such folder"),
     (["{tmp}"], "no TensorBoard event files"),
 ])
 def test_eval_errors_are_one_line(run, tmp_path, capsys, args, message):
