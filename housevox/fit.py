@@ -17,6 +17,8 @@ from jsonargparse import ArgumentError
 from lightning.pytorch.cli import LightningCLI
 from lightning.pytorch.loggers import TensorBoardLogger
 
+from housevox.accelerator import check_can_train
+from housevox.acestep import locate_checkpoint
 from housevox.data import SegmentCacheDataModule
 from housevox.demo import resolve_demo_value
 from housevox.errors import HousevoxError, UsageError, run_cli
@@ -72,6 +74,10 @@ class HouseVoxCLI(LightningCLI):
             if not last.is_file():
                 raise UsageError(f"--ckpt_path last: no {last} to resume from (run '{cfg.run_name}' has no checkpoint yet)")
             cfg.ckpt_path = str(last)
+        if self.subcommand == "fit":
+            refusal = check_can_train(cfg.trainer.accelerator, locate_checkpoint(cfg.model.checkpoint_dir).config.size_name)
+            if refusal:
+                raise HousevoxError(refusal)
 
     def instantiate_trainer(self, **kwargs):
         cfg = self._cfg()
