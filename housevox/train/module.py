@@ -16,7 +16,14 @@ from torchmetrics.aggregation import MeanMetric
 
 from housevox.acestep import AceStepConfig, flow, load_dit, load_null_condition, locate_checkpoint, model_dtype
 from housevox.errors import HousevoxError
-from housevox.lora import LoRASettings, apply_lora, init_lora_weights, load_lora_into, read_lora
+from housevox.lora import (
+    LoRASettings,
+    apply_lora,
+    init_lora_weights,
+    load_lora_into,
+    read_lora,
+    set_adapter_compute_dtype,
+)
 from housevox.seeding import derived_generator, derived_seed
 from housevox.train.optim import OPTIMIZERS, build_optimizer
 from housevox.train.quantize import QUANTIZE_MODES, quantize_frozen_base
@@ -25,6 +32,13 @@ log = logging.getLogger("housevox")
 
 VAL_TIMESTEPS = (0.1, 0.3, 0.5, 0.7, 0.9)
 VAL_NOISE_SEED = 20260501
+ADAPTER_COMPUTE_DTYPES = {"auto": None, "bf16": torch.bfloat16, "fp32": torch.float32}
+
+
+def adapter_compute_dtype(setting: str, base_dtype: torch.dtype) -> torch.dtype | None:
+    """The dtype the adapters' matmuls run in (None: PEFT's fp32); `auto` follows the base (bf16 on CUDA)."""
+    dtype = ADAPTER_COMPUTE_DTYPES[setting] or (torch.bfloat16 if base_dtype == torch.bfloat16 else torch.float32)
+    return None if dtype == torch.float32 else dtype
 
 
 class HouseVoxLoRA(L.LightningModule):
@@ -68,6 +82,7 @@ class HouseVoxLoRA(L.LightningModule):
         min_8bit_size: int = 4096,
         quantize_base: str = "none",
         init_lora: str | None = None,
+        adapter_compute_dtype: str = "auto",
     ):
         """LoRA training of the ACE-Step DiT; the arguments are the seed config's fields.
 
@@ -113,6 +128,8 @@ class HouseVoxLoRA(L.LightningModule):
             quantize_base: low-memory mode for 8-16 GB cards: none, int8 or nf4 (bitsandbytes) frozen base under the LoRA.
             init_lora: start a new run from this LoRA (PEFT folder, ComfyUI or diffusers file) instead of zero;
                 its rank and targets must match, its alphas are kept. Ignored when resuming a checkpoint.
+            adapter_compute_dtype: auto (bf16 adapter matmuls on a bf16 base, i.e. on CUDA; fp32 on the CPU), bf16
+                or fp32. The adapter weights, their gradients and optimizer state stay fp32 in every case.
         """
         super().__init__()
         self.save_hyperparameters()
@@ -134,6 +151,9 @@ class HouseVoxLoRA(L.LightningModule):
             raise HousevoxError(f"model.eval_embedding: {eval_embedding!r} is not clap or vae")
         if eval_every_n_epochs and eval_takes < 2:
             raise HousevoxError(f"model.eval_takes: {eval_takes} must be at least 2 (FAD needs two takes)")
+        if adapter_compute_dtype not in ADAPTER_COMPUTE_DTYPES:
+            raise HousevoxError(f"model.adapter_compute_dtype: {adapter_compute_dtype!r} is not one of "
+                                f"{', '.join(ADAPTER_COMPUTE_DTYPES)}")
         if quantize_base not in QUANTIZE_MODES:
             raise HousevoxError(f"model.quantize_base: {quantize_base!r} is not one of {', '.join(QUANTIZE_MODES)}")
         if adapter_type == "lokr" and quantize_base == "nf4":
@@ -165,9 +185,13 @@ class HouseVoxLoRA(L.LightningModule):
             return
         device = self.trainer.strategy.root_device if self._trainer else torch.device("cpu")
         dit, null_condition = self.load_base(model_dtype(device), device)
+        base_dtype = next(dit.parameters()).dtype
+        if device.type == "cuda":  # TF32 for what stays fp32 (the loss, the norms): deterministic, ~10-bit mantissa
+            torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True
         if self.hparams.quantize_base != "none":
             quantize_frozen_base(dit, self.hparams.quantize_base)
         self.plan = apply_lora(dit, self.lora_settings)
+        set_adapter_compute_dtype(dit, adapter_compute_dtype(self.hparams.adapter_compute_dtype, base_dtype))
         init_lora_weights(dit, self.ensure_run_seed())
         if self.hparams.init_lora:
             load_lora_into(dit, read_lora(self.hparams.init_lora), source=str(self.hparams.init_lora))
