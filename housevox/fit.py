@@ -22,7 +22,7 @@ from housevox.acestep import locate_checkpoint
 from housevox.data import SegmentCacheDataModule
 from housevox.demo import resolve_demo_value
 from housevox.errors import HousevoxError, UsageError, run_cli
-from housevox.plan.callback import RunLint
+from housevox.plan.callback import CheckpointingAuto, RunLint
 from housevox.train.callbacks import (
     CosineRestartSchedule,
     HeavyLogger,
@@ -138,7 +138,7 @@ def callbacks() -> list:
     # kill during the export resumes from the step checkpoint before it and exports again. ExportEval after
     # LoRAExport: it scores the epoch just exported.
     return [CosineRestartSchedule(), LossLogger(), HeavyLogger(), NonFiniteLossGuard(), LoRAExport(),
-            RunCheckpoints(), RunLint(), RunProfile(), AudioPreview(), ExportEval()]
+            RunCheckpoints(), RunLint(), RunProfile(), AudioPreview(), ExportEval(), CheckpointingAuto()]
 
 
 class ParsedConfig(HouseVoxCLI):

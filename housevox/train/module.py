@@ -68,7 +68,7 @@ class HouseVoxLoRA(L.LightningModule):
         shift: float = 1.0,
         num_inference_steps: int = 50,
         seed: int = -1,
-        gradient_checkpointing: bool = True,
+        gradient_checkpointing: bool | str = "auto",
         offload_encoder: bool = False,
         save_every: int = 5,
         log_every: int = 10,
@@ -111,7 +111,9 @@ class HouseVoxLoRA(L.LightningModule):
             shift: inference timestep shift, stored in LoRA metadata (not used by the loss).
             num_inference_steps: inference steps, stored in LoRA metadata (not used by the loss).
             seed: run seed; -1 draws one, logs it and stores it in checkpoints.
-            gradient_checkpointing: recompute DiT block activations in backward to save memory.
+            gradient_checkpointing: recompute DiT block activations in backward to save memory (+~48 % FLOPs);
+                auto: off when the predicted peak without it fits the card with 10 % to spare, on otherwise,
+                and off on the CPU (no card to fit); the fit's log says which and why.
             offload_encoder: accepted for seed compatibility; encoders only ever live while the cache is built.
             save_every: export the LoRA every N epochs (and at the end).
             log_every: log step loss every N optimizer steps.
@@ -154,6 +156,8 @@ class HouseVoxLoRA(L.LightningModule):
         if adapter_compute_dtype not in ADAPTER_COMPUTE_DTYPES:
             raise HousevoxError(f"model.adapter_compute_dtype: {adapter_compute_dtype!r} is not one of "
                                 f"{', '.join(ADAPTER_COMPUTE_DTYPES)}")
+        if not isinstance(gradient_checkpointing, bool) and gradient_checkpointing != "auto":
+            raise HousevoxError(f"model.gradient_checkpointing: {gradient_checkpointing!r} is not true, false or auto")
         if quantize_base not in QUANTIZE_MODES:
             raise HousevoxError(f"model.quantize_base: {quantize_base!r} is not one of {', '.join(QUANTIZE_MODES)}")
         if adapter_type == "lokr" and quantize_base == "nf4":
@@ -164,6 +168,7 @@ class HouseVoxLoRA(L.LightningModule):
         self.seed_was_drawn = False
         self.dit = None
         self.plan = None
+        self.checkpointing = None  # gradient_checkpointing resolved (auto decided) in configure_model
         self.strict_loading = False  # checkpoints hold the LoRA only, never the frozen base
         # The epoch's mean loss; its running sum goes into checkpoints, so a mid-epoch resume reports
         # (and writes into the LoRA metadata) the same train/loss_epoch as an uninterrupted run.
@@ -195,10 +200,24 @@ class HouseVoxLoRA(L.LightningModule):
         init_lora_weights(dit, self.ensure_run_seed())
         if self.hparams.init_lora:
             load_lora_into(dit, read_lora(self.hparams.init_lora), source=str(self.hparams.init_lora))
-        if self.hparams.gradient_checkpointing:
+        self.checkpointing = self.choose_checkpointing(device)
+        if self.checkpointing:
             dit.enable_gradient_checkpointing()
         self.dit = dit.train()
         self.register_buffer("null_condition", null_condition.to(device), persistent=False)
+
+    def choose_checkpointing(self, device: torch.device) -> bool:
+        """`gradient_checkpointing` as set; for `auto`, what the planner decided (plan.callback.CheckpointingAuto,
+        from the predicted peak on this card), else on for CUDA (the safe side) and off on the CPU."""
+        setting = self.hparams.gradient_checkpointing
+        if isinstance(setting, bool):
+            return setting
+        if self.checkpointing is not None:
+            return self.checkpointing
+        on = device.type == "cuda"
+        log.info("gradient_checkpointing auto: %s (%s)", "on" if on else "off",
+                 "no memory plan for this card" if on else f"training on the {device.type}: no card memory to fit")
+        return on
 
     def ensure_run_seed(self) -> int:
         """Draw `seed: -1` before the adapters exist, since they are initialised from it; every rank gets rank 0's draw.
