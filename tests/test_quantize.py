@@ -75,3 +75,62 @@ def test_module_with_quantized_base_takes_a_step():
     loss.backward()
     assert torch.isfinite(loss)
     assert all(p.grad is not None for p in module.trainable_parameters())
+
+
+def _load_tracked(checkpoint, mode: str, while_loading: bool):
+    """(peak, final live bytes, the DiT) of a bf16 load under the memory lint's LiveBytes; read tensors tagged on arrival."""
+    from housevox.acestep import load_dit
+    from housevox.train.memory import FROZEN, LiveBytes
+    from housevox.train.quantize import QuantiseOnArrival
+
+    tracker = LiveBytes()
+    quantise = QuantiseOnArrival(mode) if while_loading else None
+
+    def arrived(dit, name):
+        owner, _, leaf = name.rpartition(".")
+        tracker.tag(getattr(dit.get_submodule(owner), leaf), FROZEN)
+        if quantise is not None:
+            quantise(dit, name)
+
+    with tracker:
+        dit = load_dit(checkpoint, dtype=torch.bfloat16, as_loaded=arrived)
+        quantize_frozen_base(dit, mode)
+    return sum(tracker.peak.values()), sum(tracker.current.values()), dit
+
+
+@pytest.fixture(scope="module")
+def bf16_checkpoint(tiny_checkpoint, tmp_path_factory):
+    """The tiny checkpoint with bf16 shards, as real checkpoints ship (an fp32 file adds an fp32 host read buffer of the
+    one tensor being read, which LiveBytes counts on the CPU but a GPU never holds)."""
+    import shutil
+
+    from safetensors.torch import load_file, save_file
+
+    folder = tmp_path_factory.mktemp("bf16") / tiny_checkpoint.name
+    shutil.copytree(tiny_checkpoint, folder)
+    for shard in folder.glob("model*.safetensors"):
+        save_file({k: v.to(torch.bfloat16) if v.is_floating_point() else v for k, v in load_file(shard).items()},
+                  str(shard), metadata={"format": "pt"})
+    return folder
+
+
+@pytest.mark.parametrize("mode", ["int8", "nf4"])
+def test_quantise_while_loading_peaks_at_the_quantised_model_plus_one_layer(bf16_checkpoint, mode):
+    peak, final, dit = _load_tracked(bf16_checkpoint, mode, while_loading=True)
+    old_peak, old_final, old = _load_tracked(bf16_checkpoint, mode, while_loading=False)
+    layer = max(m.in_features * m.out_features * 2 for m in dit.layers.modules() if isinstance(m, BNB_LAYER[mode]))
+    assert peak <= 1.05 * final + layer
+    assert old_peak > 1.05 * old_final + layer  # loading the whole bf16 base first breaks the promise
+    assert final == old_final
+    mine, theirs = dit.state_dict(), old.state_dict()
+    assert mine.keys() == theirs.keys() and all(torch.equal(mine[k], theirs[k]) for k in mine)  # the same bytes
+    assert dit.is_loaded_in_8bit == (mode == "int8") and dit.is_loaded_in_4bit == (mode == "nf4")
+
+
+def test_int8_quantised_by_rows_is_the_one_call_result():
+    weight = torch.randn(1100, 96, generator=torch.Generator().manual_seed(0)).to(torch.bfloat16)
+    from housevox.train.quantize import _int8_by_rows
+
+    cb, scb, _ = bnb.functional.int8_vectorwise_quant(weight.to(torch.float16))
+    mine = _int8_by_rows(weight)
+    assert torch.equal(mine[0], cb) and torch.equal(mine[1], scb)

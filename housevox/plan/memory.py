@@ -129,7 +129,7 @@ class LiveBytes(TorchDispatchMode):
         return out
 
     def _tag_new(self, tensor: torch.Tensor) -> None:
-        if id(tensor.untyped_storage()) not in self._live:
+        if not tensor.is_meta and id(tensor.untyped_storage()) not in self._live:  # meta tensors hold no memory
             self.tag(tensor, self.phase)
 
 

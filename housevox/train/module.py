@@ -26,7 +26,7 @@ from housevox.lora import (
 )
 from housevox.seeding import derived_generator, derived_seed
 from housevox.train.optim import OPTIMIZERS, build_optimizer
-from housevox.train.quantize import QUANTIZE_MODES, quantize_frozen_base
+from housevox.train.quantize import QUANTIZE_MODES, QuantiseOnArrival, quantize_frozen_base
 
 log = logging.getLogger("housevox")
 
@@ -180,20 +180,22 @@ class HouseVoxLoRA(L.LightningModule):
         ckpt = locate_checkpoint(checkpoint_dir)
         return ckpt.config, ckpt.fingerprint()
 
-    def load_base(self, dtype: torch.dtype, device: torch.device) -> tuple[torch.nn.Module, torch.Tensor]:
-        """The frozen DiT and the null condition [1, E] used for CFG dropout."""
+    def load_base(self, dtype: torch.dtype, device: torch.device, quantize: str = "none") -> tuple[torch.nn.Module, torch.Tensor]:
+        """The frozen DiT (its block Linears quantised as they load, for int8/nf4) and the null condition [1, E]."""
         checkpoint_dir = self.hparams.checkpoint_dir
-        return load_dit(checkpoint_dir, dtype=dtype, device=device), load_null_condition(checkpoint_dir)[0]
+        as_loaded = QuantiseOnArrival(quantize) if quantize != "none" else None
+        return (load_dit(checkpoint_dir, dtype=dtype, device=device, as_loaded=as_loaded),
+                load_null_condition(checkpoint_dir)[0])
 
     def configure_model(self) -> None:
         if self.dit is not None:
             return
         device = self.trainer.strategy.root_device if self._trainer else torch.device("cpu")
-        dit, null_condition = self.load_base(model_dtype(device), device)
-        base_dtype = next(dit.parameters()).dtype
+        dit, null_condition = self.load_base(model_dtype(device), device, self.hparams.quantize_base)
+        base_dtype = next(p.dtype for p in dit.parameters() if p.is_floating_point())
         if device.type == "cuda":  # TF32 for what stays fp32 (the loss, the norms): deterministic, ~10-bit mantissa
             torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True
-        if self.hparams.quantize_base != "none":
+        if self.hparams.quantize_base != "none":  # what the load did not quantise yet (a base built in memory)
             quantize_frozen_base(dit, self.hparams.quantize_base)
         self.plan = apply_lora(dit, self.lora_settings)
         set_adapter_compute_dtype(dit, adapter_compute_dtype(self.hparams.adapter_compute_dtype, base_dtype))
