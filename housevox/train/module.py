@@ -78,6 +78,7 @@ class HouseVoxLoRA(L.LightningModule):
         eval_takes: int = 8,
         eval_embedding: str = "clap",
         checkpoint_every_n_steps: int = 50,
+        checkpoint_every_minutes: float = 10.0,
         max_nonfinite_steps: int = 10,
         min_8bit_size: int = 4096,
         quantize_base: str = "none",
@@ -125,6 +126,7 @@ class HouseVoxLoRA(L.LightningModule):
             eval_takes: takes rendered per scored export (and once for the base).
             eval_embedding: clap (laion/larger_clap_music from the local Hugging Face cache) or vae.
             checkpoint_every_n_steps: write last.ckpt every N optimizer steps.
+            checkpoint_every_minutes: also write last.ckpt when this many minutes passed since the last save (0 = off).
             max_nonfinite_steps: stop after this many non-finite steps in a row.
             min_8bit_size: tensors with fewer elements keep fp32 Adam state in adamw8bit.
             quantize_base: low-memory mode for 8-16 GB cards: none, int8 or nf4 (bitsandbytes) frozen base under the LoRA.
