@@ -22,7 +22,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from housevox.acestep import load_dit
-from housevox.train.memory import FROZEN, LiveBytes
+from housevox.plan.memory import FROZEN, LiveBytes
 from housevox.train.quantize import QuantiseOnArrival, quantize_frozen_base
 
 

@@ -58,7 +58,7 @@ def test_the_import_reader_sees_top_level_function_level_and_relative_imports():
 # to build the demo's data) sit on top and may import anything.
 LAYERS = (
     ("housevox", "housevox.atomic", "housevox.errors", "housevox.jsonfile", "housevox.seeding", "housevox.lyrics",
-     "housevox.audio"),
+     "housevox.audio", "housevox.accelerator"),
     ("housevox.acestep",),
     ("housevox.lora", "housevox.data", "housevox.generate"),
     ("housevox.eval", "housevox.report"),

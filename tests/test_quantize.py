@@ -80,7 +80,7 @@ def test_module_with_quantized_base_takes_a_step():
 def _load_tracked(checkpoint, mode: str, while_loading: bool):
     """(peak, final live bytes, the DiT) of a bf16 load under the memory lint's LiveBytes; read tensors tagged on arrival."""
     from housevox.acestep import load_dit
-    from housevox.train.memory import FROZEN, LiveBytes
+    from housevox.plan.memory import FROZEN, LiveBytes
     from housevox.train.quantize import QuantiseOnArrival
 
     tracker = LiveBytes()
