@@ -144,9 +144,15 @@ class NonFiniteLossGuard(L.Callback):
 
     def on_before_optimizer_step(self, trainer, pl_module, optimizer) -> None:
         grads = [p.grad for p in pl_module.trainable_parameters() if p.grad is not None]
-        if not grads or bool(torch.isfinite(torch.stack(torch._foreach_norm(grads))).all()):  # one sync per step
+        if not grads:
             self.in_a_row = 0
             return
+        norm = torch.nn.utils.get_total_norm(grads)  # non-finite iff a gradient is; clipping reuses it
+        pl_module.step_grad_norm = norm
+        if bool(torch.isfinite(norm)):  # the step's one host sync
+            self.in_a_row = 0
+            return
+        pl_module.step_grad_norm = None
         for p in pl_module.trainable_parameters():
             p.grad = None  # both optimizers skip parameters without a gradient: the step is a no-op
         self.in_a_row += 1

@@ -171,6 +171,7 @@ class HouseVoxLoRA(L.LightningModule):
         self.dit = None
         self.plan = None
         self.checkpointing = None  # gradient_checkpointing resolved (auto decided) in configure_model
+        self.step_grad_norm = None  # this step's total gradient norm, from the non-finite guard, for clipping
         self.strict_loading = False  # checkpoints hold the LoRA only, never the frozen base
         # The epoch's mean loss; its running sum goes into checkpoints, so a mid-epoch resume reports
         # (and writes into the LoRA metadata) the same train/loss_epoch as an uninterrupted run.
@@ -286,7 +287,8 @@ class HouseVoxLoRA(L.LightningModule):
         if self.epoch_loss_epoch != self.current_epoch:
             self.epoch_loss.reset()
             self.epoch_loss_epoch = self.current_epoch
-        self.epoch_loss.update(loss.detach(), x0.shape[0])
+        # The weight as a device tensor made on the device: a Python int would be copied host → device every micro-batch.
+        self.epoch_loss.update(loss.detach(), torch.full_like(loss.detach(), float(x0.shape[0])))
         self.log("train/loss_epoch", self.epoch_loss, on_step=False, on_epoch=True, batch_size=x0.shape[0])
         return loss
 
@@ -303,11 +305,17 @@ class HouseVoxLoRA(L.LightningModule):
                                self.hparams.weight_decay, self.hparams.min_8bit_size)
 
     def configure_gradient_clipping(self, optimizer, gradient_clip_val=None, gradient_clip_algorithm=None) -> None:
+        """Clip with the norm the non-finite guard already computed for this step (one norm per step), as
+        clip_grad_norm_ does: get_total_norm, then clip_grads_with_norm_."""
         params = [p for p in self.trainable_parameters() if p.grad is not None]
+        norm, self.step_grad_norm = self.step_grad_norm, None
         if not params:
             return
+        if norm is None:
+            norm = torch.nn.utils.get_total_norm([p.grad for p in params])
         max_norm = self.hparams.max_grad_norm if self.hparams.max_grad_norm > 0 else float("inf")
-        self.last_grad_norm = torch.nn.utils.clip_grad_norm_(params, max_norm)
+        torch.nn.utils.clip_grads_with_norm_(params, max_norm, norm)
+        self.last_grad_norm = norm
 
     def run_identity(self) -> dict:
         """What a checkpoint must agree on to be resumed into this module."""
