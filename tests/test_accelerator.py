@@ -97,3 +97,13 @@ def test_doctor_report_on_a_simulated_old_driver_and_here():
     done = subprocess.run([sys.executable, "-m", "housevox.doctor"], capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr
     assert f"torch {torch.__version__}" in done.stdout and "uv.lock's torch" in done.stdout
+
+
+def test_ddp_uses_the_gradients_as_its_buckets():
+    from lightning.pytorch.strategies import DDPStrategy
+
+    from housevox.fit import ddp_strategy
+
+    strategy = ddp_strategy("ddp")
+    assert isinstance(strategy, DDPStrategy) and strategy._ddp_kwargs["gradient_as_bucket_view"] is True
+    assert ddp_strategy("auto") == "auto" and ddp_strategy("fsdp") == "fsdp"

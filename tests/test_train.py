@@ -156,6 +156,18 @@ def test_sigkill_during_a_background_write_leaves_last_ckpt_and_resume_is_exact(
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
 
 
+def test_deterministic_switch_changes_nothing_on_the_cpu(tmp_path, reference_run, tiny_checkpoint, tiny_segments):
+    """trainer.deterministic (torch.use_deterministic_algorithms): every op of a run has a deterministic kernel here,
+    and the CPU's results are the same bytes as without it."""
+    ref_run, _, _ = reference_run
+    config = write_config(tmp_path / "cfg.yaml", tiny_checkpoint, tiny_segments)
+    result = run_fit(config, tmp_path, "--trainer.deterministic", "true")
+    assert result.returncode == 0, result.stderr[-3000:]
+    a = load_file(tmp_path / "lightning_logs/t/lora/epoch_003/adapter/adapter_model.safetensors")
+    b = load_file(ref_run / "lora/epoch_003/adapter/adapter_model.safetensors")
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
 def test_resume_without_checkpoint_exits_2(tmp_path, tiny_checkpoint, tiny_segments, capsys):
     config = write_config(tmp_path / "cfg.yaml", tiny_checkpoint, tiny_segments)
     code = run_cli(fit_main, ["fit", "--config", str(config), "--trainer.default_root_dir", str(tmp_path),
