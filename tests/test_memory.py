@@ -96,6 +96,7 @@ def test_deep_bases_are_extended_linearly_from_two_shallow_traces():
     for category in memory.CATEGORIES:
         assert extended.peak[category] == pytest.approx(full[0][category], rel=0.01, abs=4096)
     assert extended.flops == pytest.approx(full[1], rel=1e-6)
+    assert extended.ops == pytest.approx(full[2], rel=1e-6)  # the op count grows by the same ops per block
 
 
 @pytest.mark.parametrize("mode", ["int8", "nf4"])
@@ -129,6 +130,16 @@ def test_step_time_follows_the_counted_flops():
     on, off = (predict(base, RunShape(rank=8, gradient_checkpointing=c)) for c in (True, False))
     assert on.flops > off.flops > 0  # recompute
     assert off.step_seconds(100.0, 0.5) == pytest.approx(off.flops / 50e12)
+
+
+def test_step_time_has_a_host_term_with_both_bounds():
+    base = base_config("tiny")
+    on, off = (predict(base, RunShape(rank=8, gradient_checkpointing=c)) for c in (True, False))
+    assert on.ops > off.ops > 1000  # recompute issues the forward's ops again
+    assert off.host_seconds == pytest.approx(off.ops * memory.HOST_SECONDS_PER_OP)
+    line = next(line for line in memory.describe(off, "h100") if "host term" in line)
+    gpu = off.step_seconds(memory.GPUS["h100"][1])
+    assert f"{max(gpu, off.host_seconds):.3f}-{gpu + off.host_seconds:.3f} s on h100" in line
 
 
 def cli(argv, capsys):

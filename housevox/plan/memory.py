@@ -44,6 +44,9 @@ CUDA_BLOCK = 512  # the CUDA caching allocator rounds every allocation up to thi
 CUDA_CONTEXT_GIB = 0.50  # allowance: CUDA context + kernels (not in torch's counters)
 CUDA_WORKSPACE_GIB = 0.0625  # allowance: cuBLAS/cuBLASLt workspaces
 EXTRAPOLATE_FROM = (2, 4)  # block counts traced for a deeper base (even: sliding/full pairs)
+# Host time per eager op (Python + dispatcher + launch), measured on this project's 2-core VM (eager linear/mul/add
+# on tiny tensors: 11.3 us per op, benchmarks/RESULTS.md); a CUDA launch adds a few us, not measured (no GPU).
+HOST_SECONDS_PER_OP = 11.3e-6
 UTILISATION = 0.40  # of the dense bf16 peak; the seed's own 3090 run reached ~38 % (benchmarks/RESULTS.md)
 # Cards: (memory GiB, dense bf16 tensor TFLOP/s with fp32 accumulate), from NVIDIA's data sheets/whitepapers.
 GPUS = {"rtx3090": (24.0, 35.6), "rtx4090": (24.0, 165.2), "l4": (22.5, 121.0), "a100-40gb": (40.0, 312.0),
@@ -88,6 +91,7 @@ class LiveBytes(TorchDispatchMode):
         self.round_to = round_to
         self.phase = ACTIVATIONS
         self.flops = 0
+        self.ops = 0  # aten ops dispatched: what the host must issue one by one in eager mode
         self.current = dict.fromkeys(CATEGORIES, 0)
         self.peak = dict(self.current)
         self._live: dict[int, list] = {}  # id(storage) -> [weakref, category, bytes]
@@ -121,6 +125,7 @@ class LiveBytes(TorchDispatchMode):
 
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
         out = func(*args, **(kwargs or {}))
+        self.ops += 1
         formula = _FLOP_FORMULAS.get(func._overloadpacket)
         if formula is not None:
             self.flops += formula(*args, **(kwargs or {}), out_val=out)
@@ -174,6 +179,7 @@ class Prediction:
     peak: dict
     flops: float
     modelled: tuple[str, ...]
+    ops: float = 0.0  # aten ops of one micro-batch (CPU dispatch of the traced step)
 
     @property
     def allocated(self) -> int:
@@ -188,6 +194,11 @@ class Prediction:
     def step_seconds(self, tflops: float, utilisation: float = UTILISATION) -> float:
         """Seconds per micro-batch (forward + backward + recompute) at `utilisation` of a `tflops` peak."""
         return self.flops / (tflops * 1e12 * utilisation)
+
+    @property
+    def host_seconds(self) -> float:
+        """Seconds the host needs to issue the micro-batch's ops one by one (eager PyTorch)."""
+        return self.ops * HOST_SECONDS_PER_OP
 
 
 def _fake_materialise(module: nn.Module, mode: FakeTensorMode, device: str) -> None:
@@ -242,7 +253,7 @@ def measure_steps(module: SyntheticBaseLoRA, shape: RunShape, tracker: LiveBytes
         for k, v in (*batch.items(), ("noise", noise), ("t", t)):
             tracker.tag(v, ACTIVATIONS)
         for _ in range(steps):
-            tracker.flops = 0
+            tracker.flops = tracker.ops = 0
             loss = module.flow_loss(batch, t, noise)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
@@ -282,8 +293,9 @@ def _quantisable(dit: nn.Module) -> list[nn.Linear]:
     return [m for name, m in dit.layers.named_modules() if type(m) is nn.Linear and ".lora_" not in name]
 
 
-def _trace(base: dict, shape: RunShape, dtype: torch.dtype, round_to: int) -> tuple[dict, float, list[tuple[int, int]]]:
-    """Peak, FLOPs and the quantisable Linears' (out, in) of one fake-tensor trace (cached: suggestions reuse it)."""
+def _trace(base: dict, shape: RunShape, dtype: torch.dtype, round_to: int
+           ) -> tuple[dict, float, int, list[tuple[int, int]]]:
+    """Peak, FLOPs, op count and the quantisable Linears' (out, in) of one fake-tensor trace (cached: suggestions reuse it)."""
     return _cached_trace(json.dumps(base, sort_keys=True), shape, dtype, round_to)
 
 
@@ -300,7 +312,7 @@ def _cached_trace(base_json: str, shape: RunShape, dtype: torch.dtype, round_to:
     _fake_materialise(module, fake, "cpu")
     tracker = LiveBytes(round_to=round_to)
     flops = measure_steps(module, shape, tracker, fake)
-    return dict(tracker.peak), flops, [(m.out_features, m.in_features) for m in _quantisable(module.dit)]
+    return dict(tracker.peak), flops, tracker.ops, [(m.out_features, m.in_features) for m in _quantisable(module.dit)]
 
 
 def predict(base: dict, shape: RunShape, dtype: torch.dtype = torch.bfloat16, round_to: int = CUDA_BLOCK) -> Prediction:
@@ -313,14 +325,15 @@ def predict(base: dict, shape: RunShape, dtype: torch.dtype = torch.bfloat16, ro
     traced = replace(shape, quantize_base="none")
     layers = int(base["num_hidden_layers"])
     if layers > EXTRAPOLATE_FROM[-1]:
-        (low, low_flops, _), (high, high_flops, linears) = (_trace(with_depth(base, n), traced, dtype, round_to)
+        (low, low_flops, low_ops, _), (high, high_flops, high_ops, linears) = (_trace(with_depth(base, n), traced, dtype, round_to)
                                                             for n in EXTRAPOLATE_FROM)
         per_block = (layers - EXTRAPOLATE_FROM[0]) / (EXTRAPOLATE_FROM[1] - EXTRAPOLATE_FROM[0])
         peak = {k: round(low[k] + (high[k] - low[k]) * per_block) for k in CATEGORIES}
         flops = low_flops + (high_flops - low_flops) * per_block
+        ops = low_ops + (high_ops - low_ops) * per_block
         blocks_traced = EXTRAPOLATE_FROM[-1]
     else:
-        cached, flops, linears = _trace(base, traced, dtype, round_to)
+        cached, flops, ops, linears = _trace(base, traced, dtype, round_to)
         peak = dict(cached)
         blocks_traced = layers
     modelled = []
@@ -339,7 +352,7 @@ def predict(base: dict, shape: RunShape, dtype: torch.dtype = torch.bfloat16, ro
         modelled.append(f"{shape.quantize_base} frozen weights from bitsandbytes' layout ({quant / 2**30:.2f} GiB "
                         f"for {full / 2**30:.2f} GiB bf16) + one weight dequantised during its matmul "
                         f"({transient / 2**20:.0f} MiB)")
-    return Prediction(shape, peak, flops, tuple(modelled))
+    return Prediction(shape, peak, flops, tuple(modelled), ops)
 
 
 def card_for(device_name: str) -> str | None:
@@ -363,6 +376,11 @@ def describe(p: Prediction, gpu: str | None = None) -> list[str]:
     work = "forward + backward" + (" + recompute" if p.shape.gradient_checkpointing else "")
     lines.append(f"predicted step time per micro-batch: {p.flops / 1e12:.2f} TFLOP ({work}) -> {times} "
                  f"(at {UTILISATION:.0%} of the dense bf16 peak)")
+    if p.ops:
+        bounds = ", ".join(f"{max(p.step_seconds(GPUS[c][1]), p.host_seconds):.3f}-"
+                           f"{p.step_seconds(GPUS[c][1]) + p.host_seconds:.3f} s on {c}" for c in cards)
+        lines.append(f"  host term: {p.ops:,.0f} eager ops x {HOST_SECONDS_PER_OP * 1e6:.1f} us (measured per op on a "
+                     f"2-core VM) = {p.host_seconds:.3f} s; step time between max(GPU, host) and GPU + host: {bounds}")
     return lines
 
 
