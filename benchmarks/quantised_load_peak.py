@@ -21,33 +21,17 @@ import torch
 
 from safetensors.torch import load_file, save_file
 
-from housevox.acestep import load_dit
-from housevox.plan.memory import FROZEN, LiveBytes
-from housevox.train.quantize import QuantiseOnArrival, quantize_frozen_base
+from housevox.plan.memory import measure_load
 
 
 def load_peak(checkpoint: Path, mode: str, while_loading: bool) -> dict:
-    """Peak and final live bytes of loading the DiT in bf16 with `mode` quantisation, and one layer's bf16 bytes.
-
-    The tensors safetensors reads are made outside torch's dispatcher, so each is tagged as it is assigned.
-    """
-    tracker = LiveBytes()
-    quantise = QuantiseOnArrival(mode) if while_loading else None
-
-    def arrived(dit, name):
-        owner, _, leaf = name.rpartition(".")
-        tracker.tag(getattr(dit.get_submodule(owner), leaf), FROZEN)
-        if quantise is not None:
-            quantise(dit, name)
-
-    with tracker:
-        dit = load_dit(checkpoint, dtype=torch.bfloat16, as_loaded=arrived)
-        quantize_frozen_base(dit, mode)
+    """Peak and final live bytes of the load, and the bf16 bytes of its largest Linear and largest block."""
+    peak, final, dit = measure_load(checkpoint, mode, while_loading)
     linear = max(m.in_features * m.out_features * 2 for m in dit.layers.modules() if hasattr(m, "in_features"))
     block = max(sum(m.in_features * m.out_features * 2 for m in b.modules() if hasattr(m, "in_features"))
                 + sum(p.numel() * 2 for n, p in b.named_parameters() if p.is_floating_point() and "weight" in n and p.ndim == 1)
                 for b in dit.layers)
-    return {"peak": sum(tracker.peak.values()), "final": sum(tracker.current.values()), "linear": linear, "block": block}
+    return {"peak": peak, "final": final, "linear": linear, "block": block}
 
 
 def main() -> None:

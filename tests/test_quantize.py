@@ -13,6 +13,7 @@ from housevox.acestep.modules import build_dit
 from housevox.acestep.presets import PRESETS
 from housevox.errors import HousevoxError
 from housevox.lora import LoRASettings, apply_lora
+from housevox.plan.memory import measure_load
 from housevox.train.quantize import quantize_frozen_base
 
 BNB_LAYER = {"int8": bnb.nn.Linear8bitLt, "nf4": bnb.nn.Linear4bit}
@@ -77,27 +78,6 @@ def test_module_with_quantized_base_takes_a_step():
     assert all(p.grad is not None for p in module.trainable_parameters())
 
 
-def _load_tracked(checkpoint, mode: str, while_loading: bool):
-    """(peak, final live bytes, the DiT) of a bf16 load under the memory lint's LiveBytes; read tensors tagged on arrival."""
-    from housevox.acestep import load_dit
-    from housevox.plan.memory import FROZEN, LiveBytes
-    from housevox.train.quantize import QuantiseOnArrival
-
-    tracker = LiveBytes()
-    quantise = QuantiseOnArrival(mode) if while_loading else None
-
-    def arrived(dit, name):
-        owner, _, leaf = name.rpartition(".")
-        tracker.tag(getattr(dit.get_submodule(owner), leaf), FROZEN)
-        if quantise is not None:
-            quantise(dit, name)
-
-    with tracker:
-        dit = load_dit(checkpoint, dtype=torch.bfloat16, as_loaded=arrived)
-        quantize_frozen_base(dit, mode)
-    return sum(tracker.peak.values()), sum(tracker.current.values()), dit
-
-
 @pytest.fixture(scope="module")
 def bf16_checkpoint(tiny_checkpoint, tmp_path_factory):
     """The tiny checkpoint with bf16 shards, as real checkpoints ship (an fp32 file adds an fp32 host read buffer of the
@@ -116,8 +96,8 @@ def bf16_checkpoint(tiny_checkpoint, tmp_path_factory):
 
 @pytest.mark.parametrize("mode", ["int8", "nf4"])
 def test_quantise_while_loading_peaks_at_the_quantised_model_plus_one_layer(bf16_checkpoint, mode):
-    peak, final, dit = _load_tracked(bf16_checkpoint, mode, while_loading=True)
-    old_peak, old_final, old = _load_tracked(bf16_checkpoint, mode, while_loading=False)
+    peak, final, dit = measure_load(bf16_checkpoint, mode, while_loading=True)
+    old_peak, old_final, old = measure_load(bf16_checkpoint, mode, while_loading=False)
     layer = max(m.in_features * m.out_features * 2 for m in dit.layers.modules() if isinstance(m, BNB_LAYER[mode]))
     assert peak <= 1.05 * final + layer
     assert old_peak > 1.05 * old_final + layer  # loading the whole bf16 base first breaks the promise

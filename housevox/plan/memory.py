@@ -91,7 +91,7 @@ class LiveBytes(TorchDispatchMode):
         self.round_to = round_to
         self.phase = ACTIVATIONS
         self.flops = 0
-        self.ops = 0  # aten ops dispatched: what the host must issue one by one in eager mode
+        self.ops = 0  # aten ops dispatched, views aside: what the host must issue one by one in eager mode
         self.current = dict.fromkeys(CATEGORIES, 0)
         self.peak = dict(self.current)
         self._live: dict[int, list] = {}  # id(storage) -> [weakref, category, bytes]
@@ -125,7 +125,7 @@ class LiveBytes(TorchDispatchMode):
 
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
         out = func(*args, **(kwargs or {}))
-        self.ops += 1
+        self.ops += not func.is_view  # views launch no kernel
         formula = _FLOP_FORMULAS.get(func._overloadpacket)
         if formula is not None:
             self.flops += formula(*args, **(kwargs or {}), out_val=out)
@@ -267,6 +267,28 @@ def measure_steps(module: SyntheticBaseLoRA, shape: RunShape, tracker: LiveBytes
                         tracker.tag(value, OPTIMIZER)
             tracker.phase = ACTIVATIONS
     return float(tracker.flops)
+
+
+def measure_load(checkpoint_dir, mode: str, while_loading: bool = True) -> tuple[int, int, nn.Module]:
+    """(peak, final) live bytes of loading the DiT in bf16 for `quantize_base: mode`, and the DiT, measured on real
+    tensors by LiveBytes: as housevox loads it (each block Linear quantised as its weight arrives) or, with
+    `while_loading` False, the whole bf16 DiT first. Read tensors are made outside the dispatcher: tagged on arrival."""
+    from housevox.acestep import load_dit
+    from housevox.train.quantize import QuantiseOnArrival, quantize_frozen_base
+
+    tracker = LiveBytes()
+    quantise = QuantiseOnArrival(mode) if while_loading else None
+
+    def arrived(dit: nn.Module, name: str) -> None:
+        owner, _, leaf = name.rpartition(".")
+        tracker.tag(getattr(dit.get_submodule(owner), leaf), FROZEN)
+        if quantise is not None:
+            quantise(dit, name)
+
+    with tracker:
+        dit = load_dit(checkpoint_dir, dtype=torch.bfloat16, as_loaded=arrived)
+        quantize_frozen_base(dit, mode)
+    return sum(tracker.peak.values()), sum(tracker.current.values()), dit
 
 
 def module_for(base: dict, shape: RunShape, weights: str, base_dtype: torch.dtype | None) -> SyntheticBaseLoRA:
