@@ -110,10 +110,13 @@ class Renderer:
 def borrowed_renderer(dit, checkpoint_dir) -> Iterator[Renderer]:
     """A renderer for a few takes from `dit` mid-training, with the DiT in eval mode while it is out.
 
-    On leaving, the DiT's train/eval mode is restored and the renderer's parts are freed there and
-    then (the CUDA cache emptied), even where a caller's name still holds the renderer.
+    Its gradients are dropped first. On leaving, the DiT's train/eval mode is restored and the
+    renderer's parts are freed there and then (the CUDA cache emptied), even where a caller's name
+    still holds the renderer.
     """
     device = next(dit.parameters()).device
+    for p in dit.parameters():
+        p.grad = None  # the last step's gradients (1.15 GiB on XL) would sit beside the render; the next step remakes them
     renderer = Renderer.from_checkpoint(checkpoint_dir, device)
     was_training = dit.training
     dit.eval()

@@ -44,7 +44,6 @@ class ExportEval(L.Callback):
         epoch = trainer.current_epoch + 1
         if hp.eval_every_n_epochs <= 0 or epoch % hp.eval_every_n_epochs:
             return
-        pl_module.free_gradients()
         with borrowed_renderer(pl_module.dit, open_checkpoint(hp.checkpoint_dir)) as renderer:
             device = next(pl_module.dit.parameters()).device
             embedding = load_embedding(hp.eval_embedding, renderer.vae, DEFAULT_CLAP, device)

@@ -251,11 +251,6 @@ class HouseVoxLoRA(L.LightningModule):
     def trainable_parameters(self):
         return [p for p in self.parameters() if p.requires_grad]
 
-    def free_gradients(self) -> None:
-        """Drop the last step's gradients (1.15 GiB on XL) before a render: the next step makes new ones anyway."""
-        for p in self.trainable_parameters():
-            p.grad = None
-
     def flow_loss(self, batch: dict, t: torch.Tensor, noise: torch.Tensor, drop: torch.Tensor | None = None) -> torch.Tensor:
         """The base-model objective: predict noise − x0 at x_t = t·noise + (1 − t)·x0; `drop` rows get the null condition."""
         dtype = next(self.dit.parameters()).dtype

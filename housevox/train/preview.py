@@ -59,6 +59,5 @@ class AudioPreview(L.Callback):
 
     @staticmethod
     def render(pl_module, take: Take) -> torch.Tensor:
-        pl_module.free_gradients()
         with borrowed_renderer(pl_module.dit, pl_module.hparams.checkpoint_dir) as renderer:
             return renderer.render(pl_module.dit, take)
