@@ -123,6 +123,8 @@ def test_quantisation_changes_only_the_frozen_weights_and_one_dequantised_weight
     assert nf4.peak[LORA] == plain.peak[LORA] and nf4.peak[GRADS] == plain.peak[GRADS]
     assert nf4.peak[ACTIVATIONS] - plain.peak[ACTIVATIONS] == 128 * 64 * 2  # tiny's largest block Linear in bf16
     assert any("nf4 frozen weights" in m for m in nf4.modelled)
+    assert plain.load_bytes == plain.peak[FROZEN] and nf4.load_bytes == nf4.peak[FROZEN] + 128 * 64 * 2
+    assert "while loading the base" in "\n".join(memory.describe(nf4))
 
 
 def test_step_time_follows_the_counted_flops():

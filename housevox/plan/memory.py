@@ -180,6 +180,7 @@ class Prediction:
     flops: float
     modelled: tuple[str, ...]
     ops: float = 0.0  # aten ops of one micro-batch (CPU dispatch of the traced step)
+    load_bytes: int = 0  # peak while loading the base: frozen weights (+ one bf16 Linear being quantised)
 
     @property
     def allocated(self) -> int:
@@ -374,7 +375,10 @@ def predict(base: dict, shape: RunShape, dtype: torch.dtype = torch.bfloat16, ro
         modelled.append(f"{shape.quantize_base} frozen weights from bitsandbytes' layout ({quant / 2**30:.2f} GiB "
                         f"for {full / 2**30:.2f} GiB bf16) + one weight dequantised during its matmul "
                         f"({transient / 2**20:.0f} MiB)")
-    return Prediction(shape, peak, flops, tuple(modelled), ops)
+    # Loading holds the frozen weights and, quantising, one block Linear in bf16 as it arrives (quantise-while-loading;
+    # benchmarks/quantised_load_peak.py measures it on the CPU).
+    load = peak[FROZEN] + (transient if shape.quantize_base != "none" else 0)
+    return Prediction(shape, peak, flops, tuple(modelled), ops, load)
 
 
 def card_for(device_name: str) -> str | None:
@@ -392,6 +396,10 @@ def describe(p: Prediction, gpu: str | None = None) -> list[str]:
              + " + ".join(f"{name} {_gib(b)}" for name, b in p.peak.items()),
              f"  + CUDA context/workspace allowance {CUDA_CONTEXT_GIB + CUDA_WORKSPACE_GIB:.2f} GiB "
              f"= {p.on_card_gib:.2f} GiB on the card"]
+    if p.load_bytes:
+        lines.append(f"  while loading the base: {_gib(p.load_bytes)} (frozen weights"
+                     + (", each block Linear quantised as it arrives: + one in bf16)" if p.shape.quantize_base != "none"
+                        else ")") + ", below the training peak")
     lines += [f"  modelled, not traced: {m}" for m in p.modelled]
     cards = [gpu] if gpu else ["rtx3090", "h100"]
     times = ", ".join(f"{p.step_seconds(GPUS[c][1]):.3f} s on {c}" for c in cards)
