@@ -1,14 +1,42 @@
 #!/usr/bin/env bash
-# Predicted vs measured XL peak memory and step time on one CUDA GPU (bf16, int8, nf4, checkpointing off).
-# Builds a fresh virtual environment from uv.lock (pinned uv from PyPI), then runs benchmarks/gpu_check.py.
-# Needs PyPI access; on an offline machine point UV_FIND_LINKS at a folder of the locked wheels and set UV_OFFLINE=1.
-# About 2-4 minutes of installs (cached: seconds) plus ~1 minute per variant on an H100/H200.
+# Predicted vs measured XL step time and peak memory on one CUDA GPU, offline.
+#
+#   bash benchmarks/gpu_check.sh [--wheels DIR] [--dry-run] [gpu_check.py options, e.g. --only "bf16 1x4"]
+#
+# Uses the machine's own Python (PYTHON, default python3) with its CUDA torch, lightning, peft and transformers;
+# installs only what it lacks from benchmarks/gpu_wheels.txt, as wheels from DIR (default benchmarks/wheels, made
+# with the pip download command in gpu_wheels.txt: 59.6 MB), into a private folder (no index, no venv, nothing
+# else touched). --dry-run (any machine, no GPU needed): checks the wheel folder and what this Python would need,
+# imports everything the check runs, and prints what it would measure. The measurement: 7 variants, one process
+# each, about 8 minutes on an H100/H200 (not yet run there).
 set -euo pipefail
 cd "$(dirname "$0")/.."
-VENV="${HOUSEVOX_GPU_VENV:-${TMPDIR:-/tmp}/housevox-gpu-check}"
-python3 -m venv "$VENV"
-"$VENV/bin/python" -m pip install --quiet --disable-pip-version-check uv==0.13.9
-UV_PROJECT_ENVIRONMENT="$VENV" "$VENV/bin/uv" sync --locked --quiet
-"$VENV/bin/python" -c "import torch, sys; sys.exit(0 if torch.cuda.is_available() else 'gpu_check: no CUDA device')"
+PY="${PYTHON:-python3}"
+WHEELS=benchmarks/wheels
+DEPS="${HOUSEVOX_GPU_DEPS:-${TMPDIR:-/tmp}/housevox-gpu-deps}"
+DRY=0
+ARGS=()
+while (($#)); do
+    case "$1" in
+        --wheels) WHEELS="$2"; shift 2 ;;
+        --dry-run) DRY=1; shift ;;
+        *) ARGS+=("$1"); shift ;;
+    esac
+done
+"$PY" benchmarks/gpu_deps.py check "$WHEELS"
+INSTALL="$("$PY" benchmarks/gpu_deps.py missing "$WHEELS")"
+if [[ -n "$INSTALL" ]]; then
+    echo "installing from $WHEELS into $DEPS: $(for w in $INSTALL; do basename "$w"; done | tr '\n' ' ')"
+    # shellcheck disable=SC2086  # one argument per wheel
+    "$PY" -m pip install --quiet --disable-pip-version-check --no-index --no-deps --target "$DEPS" $INSTALL
+else
+    echo "nothing to install: this Python has every package gpu_check needs"
+fi
+export PYTHONPATH="$DEPS:$PWD:$PWD/benchmarks${PYTHONPATH:+:$PYTHONPATH}"
+"$PY" -c "import gpu_check, train_step, housevox.train.memory; print('imports: ok (torch', __import__('torch').__version__ + ')')"
+if ((DRY)); then
+    exec "$PY" benchmarks/gpu_check.py --dry-run ${ARGS[@]+"${ARGS[@]}"}
+fi
+"$PY" -c "import torch, sys; sys.exit(0 if torch.cuda.is_available() else 'gpu_check: no CUDA device')"
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader || true
-timeout 420 "$VENV/bin/python" benchmarks/gpu_check.py "$@"
+timeout 480 "$PY" benchmarks/gpu_check.py ${ARGS[@]+"${ARGS[@]}"}

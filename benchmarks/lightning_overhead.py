@@ -48,7 +48,7 @@ def bare_step_times(steps: int, warmup: int) -> list[float]:
     loader = synthetic_loader(module.config, (warmup + steps) * ACCUMULATE, FRAMES, COND_LEN)
     marks = [time.perf_counter()]
     for batch_idx, batch in enumerate(loader):
-        (module.training_step(batch, batch_idx) / ACCUMULATE).backward()
+        (module.training_step(batch, batch_idx)["loss"] / ACCUMULATE).backward()
         if (batch_idx + 1) % ACCUMULATE == 0:
             module.configure_gradient_clipping(optimizer)
             optimizer.step()

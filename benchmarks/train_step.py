@@ -4,6 +4,7 @@
     python benchmarks/train_step.py --config tiny --device cpu
     python benchmarks/train_step.py --config xl --layers 1 --frames 100 --device cpu --steps 2 --warmup 1
     python benchmarks/train_step.py --config tiny --device cpu --adapter lokr   # or dora; lora is the default
+    python benchmarks/train_step.py --config xl --batch-size 4 --accumulate 1   # or --batch-size auto
 
 The step is production's: `HouseVoxLoRA` (only `describe_base`/`load_base` are replaced) run by a
 Lightning Trainer with `housevox.fit`'s callbacks and defaults, the seed's LoRA (r 128, all seven
@@ -15,6 +16,7 @@ device memory. Prints a summary and appends a JSON line to benchmarks/results/tr
 
 import argparse
 import datetime
+import importlib.util
 import json
 import platform
 import re
@@ -26,7 +28,7 @@ from pathlib import Path
 
 import lightning as L
 import torch
-from lightning.pytorch.loggers import TensorBoardLogger
+from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
 from torch.utils.data import DataLoader, Dataset
 from torch.utils.flop_counter import FlopCounterMode
 
@@ -35,7 +37,7 @@ from housevox.acestep.modules import build_dit
 from housevox.data.datamodule import collate
 from housevox.fit import TRAINER_DEFAULTS, callbacks
 from housevox.lora import ADAPTER_TYPES, apply_lora
-from housevox.plan.memory import GPUS
+from housevox.plan.memory import GPUS, RunShape, auto_batch_size
 from housevox.train.quantize import QUANTIZE_MODES
 from housevox.train.synthetic import SyntheticBaseLoRA, base_config, synthetic_sample
 
@@ -53,17 +55,10 @@ SEED_LORA = dict(rank=128, alpha=128.0, target_modules_str="q_proj k_proj v_proj
 
 
 class RandomInitLoRA(SyntheticBaseLoRA):
-    """`HouseVoxLoRA` on a random-init base of the shape `base`, optionally with compiled blocks."""
+    """`HouseVoxLoRA` on a random-init base of the shape `base` (`compile=True`: model.compile's regional blocks)."""
 
-    def __init__(self, base: dict, compile_blocks: bool = False, **kwargs):
+    def __init__(self, base: dict, **kwargs):
         super().__init__(base, weights="random", **kwargs)
-
-    def configure_model(self) -> None:
-        if self.dit is None:
-            super().configure_model()
-            if self.hparams.compile_blocks:
-                for block in self.dit.layers:
-                    block.compile()
 
 
 class SyntheticSegments(Dataset):
@@ -80,8 +75,22 @@ class SyntheticSegments(Dataset):
         return {**self.sample, "index": index}
 
 
-def synthetic_loader(cfg: AceStepConfig, n: int, frames: int, cond_len: int, pin_memory: bool = False) -> DataLoader:
-    return DataLoader(SyntheticSegments(cfg, n, frames, cond_len), batch_size=1, collate_fn=collate, pin_memory=pin_memory)
+def synthetic_loader(cfg: AceStepConfig, n: int, frames: int, cond_len: int, pin_memory: bool = False,
+                     batch_size: int = 1) -> DataLoader:
+    return DataLoader(SyntheticSegments(cfg, n, frames, cond_len), batch_size=batch_size, collate_fn=collate,
+                      pin_memory=pin_memory)
+
+
+def micro_batch(args, raw: dict, lora_kwargs: dict, device: torch.device) -> tuple[int, int, str | None]:
+    """(batch size, accumulation, why): --batch-size as given, or `auto` as housevox.fit resolves it (1 off a GPU)."""
+    if args.batch_size != "auto":
+        return int(args.batch_size), args.accumulate, None
+    if device.type != "cuda":
+        return 1, args.accumulate, f"batch_size auto: 1 x accumulate_grad_batches {args.accumulate} (not on a GPU)"
+    shape = RunShape.from_settings(lora_kwargs, batch_size=1, frames=args.frames, cond_len=args.cond_len)
+    budget = torch.cuda.get_device_properties(device).total_memory / 2**30
+    b, why = auto_batch_size(raw, shape, budget, args.accumulate)
+    return b, args.accumulate // b, why
 
 
 def synchronize(device: torch.device) -> None:
@@ -127,10 +136,17 @@ class StepTimer(L.Callback):
         return times[self.warmup:]
 
 
+def bench_logger(root: str):
+    """TensorBoard, as housevox.fit logs; CSV where tensorboard is not installed (benchmarks/gpu_check.sh offline)."""
+    if importlib.util.find_spec("tensorboard") is None and importlib.util.find_spec("tensorboardX") is None:
+        return CSVLogger(root, name="bench")
+    return TensorBoardLogger(root, name="bench", default_hp_metric=False)
+
+
 def production_trainer(device: str, steps: int, accumulate: int, root: str, timer: StepTimer) -> L.Trainer:
     """housevox.fit's Trainer: its defaults, its callbacks and a TensorBoard logger; no progress bar."""
     return L.Trainer(**{**TRAINER_DEFAULTS, "accumulate_grad_batches": accumulate, "max_steps": steps, "max_epochs": 1},
-                     callbacks=[*callbacks(), timer], logger=TensorBoardLogger(root, name="bench", default_hp_metric=False),
+                     callbacks=[*callbacks(), timer], logger=bench_logger(root),
                      accelerator=device, devices=1, enable_progress_bar=False, enable_model_summary=False,
                      default_root_dir=root)
 
@@ -183,22 +199,23 @@ def run(args) -> dict:
     lora_kwargs = dict(SEED_LORA, adapter_type=args.adapter, gradient_checkpointing=not args.no_checkpointing,
                        quantize_base=args.quantize)
     steps = args.warmup + args.steps
+    batch_size, accumulate, auto_why = micro_batch(args, raw, lora_kwargs, device)
     model_fwd, model_total = count_flops(raw, args.frames, args.cond_len, False, lora_kwargs)
     _, hardware_total = count_flops(raw, args.frames, args.cond_len, not args.no_checkpointing, lora_kwargs)
     torch.manual_seed(0)
-    module = RandomInitLoRA(raw, compile_blocks=args.compile, **lora_kwargs)
+    module = RandomInitLoRA(raw, compile=args.compile, **lora_kwargs)
     profiler = torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]
                                       + ([torch.profiler.ProfilerActivity.CUDA] if device.type == "cuda" else [])
                                       ) if args.profile else None
     timer = StepTimer(args.warmup, profiler)
-    loader = synthetic_loader(module.config, steps * args.accumulate, args.frames, args.cond_len,
-                              pin_memory=device.type == "cuda")
+    loader = synthetic_loader(module.config, steps * batch_size * accumulate, args.frames, args.cond_len,
+                              pin_memory=device.type == "cuda", batch_size=batch_size)
     with tempfile.TemporaryDirectory() as root:
-        trainer = production_trainer(args.device, steps, args.accumulate, root, timer)
+        trainer = production_trainer(args.device, steps, accumulate, root, timer)
         trainer.fit(module, train_dataloaders=loader)
     times = timer.step_times()
     s_per_step = statistics.median(times)
-    segments_per_s = args.accumulate / s_per_step
+    segments_per_s = batch_size * accumulate / s_per_step
     model_tflops = model_total * segments_per_s / 1e12
     hardware_tflops = hardware_total * segments_per_s / 1e12
     name, peak = bf16_peak_tflops(device)
@@ -207,7 +224,8 @@ def run(args) -> dict:
         "config": args.config, "layers": module.config.num_hidden_layers, "frames": args.frames,
         "adapter": args.adapter, "rank": SEED_LORA["rank"],
         "adapter_params": sum(p.numel() for p in module.trainable_parameters()),
-        "cond_len": args.cond_len, "accumulate": args.accumulate, "checkpointing": not args.no_checkpointing,
+        "cond_len": args.cond_len, "batch_size": batch_size, "accumulate": accumulate, "auto": auto_why,
+        "checkpointing": not args.no_checkpointing,
         "quantize": args.quantize, "compile": args.compile, "steps_timed": len(times),
         "s_per_step": s_per_step, "s_per_step_all": times, "segments_per_s": segments_per_s,
         "s_per_segment": 1 / segments_per_s,
@@ -228,9 +246,11 @@ def run(args) -> dict:
 
 def report(r: dict) -> None:
     print(f"{r['config']} ({r['layers']} layers), {r['adapter']} r {r['rank']} ({r['adapter_params']:,} trained parameters), "
-          f"T {r['frames']}, L {r['cond_len']}, batch 1 x accumulate {r['accumulate']}, "
+          f"T {r['frames']}, L {r['cond_len']}, batch {r['batch_size']} x accumulate {r['accumulate']}, "
           f"checkpointing {'on' if r['checkpointing'] else 'off'}, quantize {r['quantize']}, compile {r['compile']} "
           f"on {r['device']}")
+    if r["auto"]:
+        print(f"  {r['auto']}")
     print(f"  {r['s_per_step']:.3f} s/step (median of {r['steps_timed']}), {r['segments_per_s']:.2f} segments/s, "
           f"{r['s_per_segment']:.3f} s/segment")
     if "peak_allocated_gib" in r:
@@ -253,7 +273,9 @@ def main() -> None:
     parser.add_argument("--device", choices=("cuda", "cpu"), default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--steps", type=int, default=10, help="timed optimizer steps")
     parser.add_argument("--warmup", type=int, default=3, help="untimed optimizer steps first")
-    parser.add_argument("--accumulate", type=int, default=4, help="micro-batches (segments) per optimizer step")
+    parser.add_argument("--accumulate", type=int, default=4, help="micro-batches per optimizer step")
+    parser.add_argument("--batch-size", default="1", help="segments per micro-batch, or auto (as data.batch_size: auto, "
+                        "with --accumulate as the effective batch)")
     parser.add_argument("--no-checkpointing", action="store_true", help="keep block activations instead of recomputing")
     parser.add_argument("--compile", action="store_true", help="torch.compile each DiT block")
     parser.add_argument("--quantize", choices=QUANTIZE_MODES, default="none", help="low-memory mode of the frozen base")

@@ -18,12 +18,24 @@ class UsageError(HousevoxError):
     exit_code = 2
 
 
+class Stopped(Exception):
+    """The user stopped a run (Ctrl-C, SIGTERM) and it saved what it reached: not an error. The message says
+    where things are and how to go on; the exit code is the shell's for the signal (130, 143)."""
+
+    def __init__(self, message: str, exit_code: int):
+        super().__init__(message)
+        self.exit_code = exit_code
+
+
 def run_cli(main: Callable[[Sequence[str] | None], int | None], argv: Sequence[str] | None = None) -> int:
     """Run a CLI entry point, turning housevox errors and Ctrl-C into one line and an exit code."""
     try:
         return main(argv) or 0
     except HousevoxError as exc:
         print(f"error: {exc}", file=sys.stderr)
+        return exc.exit_code
+    except Stopped as exc:
+        print(exc, file=sys.stderr)
         return exc.exit_code
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)

@@ -7,6 +7,7 @@ Each run lives in one fixed folder, `<trainer.default_root_dir>/lightning_logs/<
 """
 
 import logging
+import shlex
 import sys
 import tempfile
 import warnings
@@ -22,7 +23,8 @@ from housevox.accelerator import check_can_train
 from housevox.acestep import locate_checkpoint
 from housevox.data import SegmentCacheDataModule
 from housevox.demo import resolve_demo_value
-from housevox.errors import HousevoxError, UsageError, run_cli
+from housevox.errors import HousevoxError, Stopped, UsageError, run_cli
+from housevox.plan.auto_batch import AutoBatchSize
 from housevox.plan.callback import CheckpointingAuto, RunLint
 from housevox.train.callbacks import (
     CosineRestartSchedule,
@@ -39,6 +41,7 @@ from housevox.train.evaluate import ExportEval
 from housevox.train.module import HouseVoxLoRA
 from housevox.train.preview import AudioPreview
 from housevox.train.seed_config import load_seed_json
+from housevox.train.stopping import StopOnSignal
 
 log = logging.getLogger("housevox")
 
@@ -146,9 +149,28 @@ def _check_config_files(argv: list[str]) -> None:
 def callbacks() -> list:
     # LoRAExport before RunCheckpoints: the epoch's checkpoint is written once its LoRA is complete, so a
     # kill during the export resumes from the step checkpoint before it and exports again. ExportEval after
-    # LoRAExport: it scores the epoch just exported.
-    return [CosineRestartSchedule(), LossLogger(), HeavyLogger(), NonFiniteLossGuard(), LoRAExport(),
-            RunCheckpoints(), RunLint(), RunProfile(), AudioPreview(), ExportEval(), CheckpointingAuto()]
+    # LoRAExport: it scores the epoch just exported. StopOnSignal after RunCheckpoints (an epoch-end stop
+    # reuses its last.ckpt) and RunProfile, before the slow preview and eval. RunLint first at the train start:
+    # the run's size and predicted time are the fit's first lines. AutoBatchSize first of all (at setup): the
+    # schedule, the lint and the loaders need the resolved batch_size and accumulation; CheckpointingAuto next
+    # (at setup, before configure_model builds the model), at the resolved batch_size.
+    return [AutoBatchSize(), CheckpointingAuto(), CosineRestartSchedule(), LossLogger(), HeavyLogger(),
+            NonFiniteLossGuard(), LoRAExport(), RunCheckpoints(), RunLint(), RunProfile(), StopOnSignal(),
+            AudioPreview(), ExportEval()]
+
+
+def resume_command(argv: list[str]) -> str:
+    """The command that continues a stopped run: the same arguments with `--ckpt_path last`."""
+    args, skip = [], False
+    for arg in argv:
+        if skip or arg.startswith("--ckpt_path="):
+            skip = False
+            continue
+        if arg == "--ckpt_path":
+            skip = True
+            continue
+        args.append(arg)
+    return shlex.join(["python", "-m", "housevox.fit", *args, "--ckpt_path", "last"])
 
 
 class ParsedConfig(HouseVoxCLI):
@@ -175,6 +197,8 @@ def _cli(cli_class: type[HouseVoxCLI], argv: list[str]) -> HouseVoxCLI:
     """`cli_class` on fit's arguments (`--preset` expanded, `--config` files checked); config errors are one line."""
     # argv is always passed explicitly (after --preset expansion); Lightning would warn that sys.argv differs.
     warnings.filterwarnings("ignore", message="LightningCLI's args parameter is intended")
+    # HouseVoxLoRA draws each batch's noise on the host in on_before_batch_transfer; the datamodule has no such hook.
+    warnings.filterwarnings("ignore", message="You have overridden `on_before_batch_transfer`")
     argv = _expand_preset(argv)
     _check_config_files(argv)
     try:
@@ -199,7 +223,11 @@ def fit_config(argv: list[str]):
 
 def main(argv=None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(message)s")
-    _cli(HouseVoxCLI, list(sys.argv[1:] if argv is None else argv))
+    given = list(sys.argv[1:] if argv is None else argv)
+    try:
+        _cli(HouseVoxCLI, given)
+    except Stopped as stop:
+        raise Stopped(f"{stop}\n  resume:     {resume_command(given)}", stop.exit_code) from None
     return 0
 
 

@@ -20,7 +20,7 @@ import torch
 from tqdm import tqdm
 
 from housevox.acestep import load_silence_latent, load_vae, model_dtype
-from housevox.acestep.conditioning import ConditionBuilder, context_latents
+from housevox.acestep.conditioning import ConditionBuilder, context_latents, pad_rows
 from housevox.acestep.sampler import initial_noise, sample_latents
 from housevox.atomic import atomic_path, write_json
 
@@ -90,20 +90,51 @@ class Renderer:
     @torch.no_grad()
     def render(self, dit, take: Take, progress: bool = False) -> torch.Tensor:
         """One clip from `dit` as it is now (LoRA scale included): float32 [2, frames·1920] on CPU."""
-        device = next(dit.parameters()).device
-        cond, null = encode_take(self.builder, take)
-        context = context_latents(self.silence_latent, take.frames, take.chunk_mask)[None]
-        noise = initial_noise([take.seed], take.frames, device, model_dtype(device), self.silence_latent.shape[-1])
-        with tqdm(total=take.steps, desc="sampling", unit="step", file=sys.stderr, disable=not progress) as bar:
-            def dit_step(*args) -> torch.Tensor:
-                bar.update()
-                return dit(*args)
+        return self.render_batch(dit, [take], progress)[0]
 
-            latents = sample_latents(dit_step, noise, cond[None], null[None], context, take.steps, shift=take.shift,
-                                     guidance_scale=take.guidance_scale, guidance=take.guidance, dcw=take.dcw)
+    @torch.no_grad()
+    def render_batch(self, dit, takes: list[Take], progress: bool = False, batch_size: int = 4) -> list[torch.Tensor]:
+        """`render` for each take, up to `batch_size` takes sharing one sampler batch (padded, masked: exact per take).
+
+        Takes batch together when everything but caption, lyrics, metas and seed agrees; each clip is
+        decoded alone, so the VAE's memory does not grow with the batch.
+        """
+        clips: dict[int, torch.Tensor] = {}
+        groups: dict[tuple, list[int]] = {}
+        for i, take in enumerate(takes):
+            groups.setdefault(_sampler_settings(take), []).append(i)
+        for members in groups.values():
+            for start in range(0, len(members), batch_size):
+                chunk = members[start:start + batch_size]
+                for i, audio in zip(chunk, self._render_together(dit, [takes[i] for i in chunk], progress)):
+                    clips[i] = audio
+        return [clips[i] for i in range(len(takes))]
+
+    def _render_together(self, dit, takes: list[Take], progress: bool) -> list[torch.Tensor]:
+        device = next(dit.parameters()).device
+        first = takes[0]
+        encoded = [encode_take(self.builder, take) for take in takes]
+        cond, null = (pad_rows([pair[j] for pair in encoded]) for j in (0, 1))
+        mask = pad_rows([torch.ones(c.shape[0], dtype=torch.bool) for c, _ in encoded])
+        context = context_latents(self.silence_latent, first.frames, first.chunk_mask)[None].expand(len(takes), -1, -1)
+        noise = initial_noise([take.seed for take in takes], first.frames, device, model_dtype(device),
+                              self.silence_latent.shape[-1])
+        with tqdm(total=first.steps, desc="sampling", unit="step", file=sys.stderr, disable=not progress) as bar:
+            def dit_step(*args, **kwargs) -> torch.Tensor:
+                bar.update()
+                return dit(*args, **kwargs)
+
+            latents = sample_latents(dit_step, noise, cond, null, context, first.steps, shift=first.shift,
+                                     guidance_scale=first.guidance_scale, guidance=first.guidance, dcw=first.dcw,
+                                     encoder_attention_mask=None if bool(mask.all()) else mask)
         vae_param = next(self.vae.parameters())
-        audio = decode_tiled(self.vae, latents.transpose(1, 2).to(vae_param.device, vae_param.dtype))
-        return audio[0].float().cpu()
+        return [decode_tiled(self.vae, row[None].transpose(1, 2).to(vae_param.device, vae_param.dtype))[0].float().cpu()
+                for row in latents]
+
+
+def _sampler_settings(take: Take) -> tuple:
+    """What takes in one sampler batch must share."""
+    return (take.frames, take.steps, take.guidance, take.guidance_scale, take.dcw, take.chunk_mask, take.shift)
 
 
 @contextlib.contextmanager

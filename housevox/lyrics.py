@@ -3,17 +3,25 @@
 An LRC line is `[mm:ss.xx] text` (several time tags may share one text; `[mm:ss]`, `[mm:ss.xxx]` and
 `[mm:ss:xx]` are read too, `<mm:ss.xx>` word tags are dropped). `[ar:...]`-style ID tags are
 skipped except `[offset:±ms]`; any other `[...]` alone on a line is a section tag (`[verse]`,
-`[Chorus 2]`), timed or not. A line lasts until the next timed line (an empty one marks where
-singing stops), at most LINE_MAX_S, and belongs to the window holding most of it.
+`[Chorus 2]`), timed or not. A line's sung span ends at the next timed line (an empty one, `[mm:ss.xx]`
+with no text, marks where singing stops), at most LINE_MAX_S later. The last line, when no end marker
+follows it, is estimated to last as long as the median of the track's lines that an end marker closes
+(they time the singing itself; else of all its other lines; LAST_LINE_S for a lone line), never past the
+track's end. A line goes into every window holding more than half of
+its span: with windows overlapping by 1 s, a line sung across the overlap is in both.
 """
 
+import math
 import re
 from dataclasses import dataclass
+
+import numpy as np
 
 # ACE-Step 1.5's lyrics for audio without singing: acestep/training/dataset_builder_modules/preprocess.py
 # line 117 (`lyrics = sample.lyrics if sample.lyrics else "[Instrumental]"`) and models.py line 23, at f30aee4c.
 INSTRUMENTAL = "[Instrumental]"
 LINE_MAX_S = 10.0  # a line followed by a long break does not stretch over it into the next window
+LAST_LINE_S = 4.0  # a lone line without an end marker: about two bars at house tempo
 ID_TAGS = {"ar", "al", "ti", "au", "by", "re", "ve", "tool", "length", "la", "lang", "language", "#"}
 _TIME_TAGS = re.compile(r"((?:\[\d+:\d{1,2}(?:[.:]\d{1,3})?\]\s*)+)(.*)")
 _TIME_TAG = re.compile(r"\[(\d+):(\d{1,2})(?:[.:](\d{1,3}))?\]")
@@ -81,7 +89,8 @@ def parse_lrc(text: str, duration_s: float | None = None) -> list[LyricLine]:
     """The sung lines of an LRC text, each with its end and its section; LrcError on a malformed line."""
     events = _events(text)
     lyric_times = [t for t, _, body, _ in events if body is not None]
-    lines, section = [], None
+    markers = {t for t, _, body, _ in events if body == ""}
+    lines, marked, section, last = [], [], None, []
     for t, _, body, tag in events:
         if tag is not None:
             section = tag
@@ -89,9 +98,20 @@ def parse_lrc(text: str, duration_s: float | None = None) -> list[LyricLine]:
         if not body:
             continue
         later = [u for u in lyric_times if u > t]
-        end = min([t + LINE_MAX_S] + later[:1] + ([duration_s] if duration_s is not None else []))
+        if not later:  # the last line(s), with no end marker after them
+            last.append((t, body, section))
+            continue
+        end = min(t + LINE_MAX_S, later[0], duration_s if duration_s is not None else math.inf)
         if end > t:
             lines.append(LyricLine(t, end, body, section))
+            if end == later[0] and end in markers:
+                marked.append(end - t)
+    known = marked or [line.end_s - line.start_s for line in lines]
+    estimate = float(np.median(known)) if known else LAST_LINE_S
+    for t, body, tag in last:
+        end = min(t + estimate, duration_s if duration_s is not None else math.inf)
+        if end > t:
+            lines.append(LyricLine(t, end, body, tag))
     return lines
 
 
@@ -108,17 +128,12 @@ def plain_lyrics(text: str) -> str:
 
 
 def window_lyrics(lines: list[LyricLine], windows: list[tuple[float, float]]) -> list[str]:
-    """Per window (start_s, end_s): its lines, the section in force repeated at the top; INSTRUMENTAL when none.
-
-    A line goes to the window holding most of its duration; windows holding all of it equally (the
-    overlap of the end-anchored last window) all get it.
-    """
+    """Per window (start_s, end_s): the lines it holds more than half of, in order, the section in force
+    repeated at the top; INSTRUMENTAL when none."""
     owned: list[list[LyricLine]] = [[] for _ in windows]
     for line in lines:
-        held = [max(0.0, min(end, line.end_s) - max(start, line.start_s)) for start, end in windows]
-        most = max(held, default=0.0)
-        for index, amount in enumerate(held):
-            if most > 0 and amount >= most - 1e-6:
+        for index, (start, end) in enumerate(windows):
+            if min(end, line.end_s) - max(start, line.start_s) > 0.5 * (line.end_s - line.start_s):
                 owned[index].append(line)
     return [_format(window) for window in owned]
 

@@ -35,6 +35,7 @@ from housevox.audio.slicing import plan_segments
 from housevox.errors import HousevoxError, UsageError, run_cli
 from housevox.jsonfile import read_json_object
 from housevox.lyrics import LrcError, parse_lrc, plain_lyrics, window_lyrics
+from housevox.metas import METAS, MetaError, measured_value, normalise
 
 PREP_VERSION = 1  # bump when the audio written for the same input and settings changes
 SAMPLE_RATE = 44100
@@ -46,7 +47,6 @@ AUDIO_SUFFIXES = {".wav", ".wave", ".flac", ".ogg", ".oga", ".opus", ".mp3", ".a
 # fix, instead of the track silently missing from the dataset.
 UNSUPPORTED_SUFFIXES = {".m4a", ".aac", ".mp4", ".wma", ".alac", ".ape", ".wv", ".caf"}
 CAPTION_FIELDS = ("caption", "lyrics", "bpm", "key", "timesignature", "language")
-METAS = ("bpm", "key", "timesignature")
 OVERRIDE_HINT = 'override a value in the track\'s <stem>.json sidecar, e.g. {"bpm": 124, "key": "F# minor", "timesignature": "4"}'
 DONE_DIR = ".prep-done"
 
@@ -127,14 +127,24 @@ def read_captions(source: Path, default_caption: str | None) -> dict:
 
     Timed lyrics come from the sidecar's `lyrics_lrc` text, else `<stem>.lrc`: `lrc` holds the text and
     `lrc_origin` what names it in a warning. A sidecar `keyscale` (ACE-Step's name) stands in for `key`.
+    Given bpm / key / timesignature are normalised to ACE-Step's vocabulary (housevox.metas), what was
+    typed kept under `typed`; a value that cannot be mapped fails the track with the sidecar and field named.
     """
-    fields = dict.fromkeys(CAPTION_FIELDS) | {"lrc": None, "lrc_origin": None}
+    fields = dict.fromkeys(CAPTION_FIELDS) | {"lrc": None, "lrc_origin": None, "typed": {}}
     sidecar = source.with_suffix(".json")
     if sidecar.is_file():
         data = read_json_object(sidecar, "caption sidecar")
         fields.update({k: data[k] for k in CAPTION_FIELDS if k in data})
         if fields["key"] is None and data.get("keyscale") is not None:
             fields["key"] = data["keyscale"]
+        for field in METAS:
+            if fields[field] is not None and str(fields[field]).strip():
+                try:
+                    fields["typed"][field], fields[field] = fields[field], normalise(field, fields[field])
+                except MetaError as exc:
+                    raise HousevoxError(f"{sidecar}: {exc}") from None
+            else:
+                fields[field] = None
         if isinstance(data.get("lyrics_lrc"), str):
             fields["lrc"], fields["lrc_origin"] = data["lyrics_lrc"], f"{sidecar.name} lyrics_lrc"
     lrc = source.with_suffix(".lrc")
@@ -260,15 +270,15 @@ def segment_lyrics(rows: list[dict], captions: dict, duration_s: float) -> tuple
 
 
 def track_metas(captions: dict, measured: dict | None) -> dict:
-    """bpm / key / timesignature: the sidecar's value when it gives one, else the measured one (bpm rounded)."""
+    """bpm / key / timesignature: the sidecar's value (normalised, beside what was typed) when it gives one,
+    else the measured one (N/A below its confidence threshold)."""
     metas = {}
     for field in METAS:
         given, found = captions[field], (measured or {}).get(field)
-        if given is not None and str(given).strip():
-            metas[field] = {"value": given, "source": "given"}
+        if given is not None:
+            metas[field] = {"value": given, "source": "given", "typed": captions["typed"][field]}
         elif found is not None:
-            value = round(found["value"]) if field == "bpm" else found["value"]
-            metas[field] = {"value": value, "source": "measured", "confidence": found["confidence"]}
+            metas[field] = {"value": measured_value(field, found), "source": "measured", "confidence": found["confidence"]}
         else:
             metas[field] = {"value": None, "source": "missing"}
     return metas
@@ -371,8 +381,12 @@ def _print_summary(report: dict, output: Path, reused: int) -> None:
     for entry in report["skipped"] + report["failed"]:
         print(f"  {entry['source']}: {entry['reason']}")
     if report["metas"]:
-        print("metas (given wins; measured with a confidence 0-1, low = worth a listen):")
+        print("metas (given wins; measured with a confidence 0-1, low = worth a listen; N/A = too unsure to say):")
         print(metas_table(report["metas"]))
+        unsure = [f"{m['track']} ({', '.join(f for f in METAS if m[f]['value'] == 'N/A')})" for m in report["metas"]
+                  if any(m[f]["value"] == "N/A" for f in METAS)]
+        if unsure:
+            print(f"  N/A, worth setting in the sidecar: {'; '.join(unsure)}")
         print(f"  {report['metas_hint']}")
     print(f"report: {output / 'report.json'}")
 
@@ -382,7 +396,8 @@ def metas_table(metas: list[dict]) -> str:
     def cell(meta: dict) -> str:
         if meta["source"] == "missing":
             return "N/A"
-        return f"{meta['value']} {meta['source']}" + (f" {meta['confidence']:.2f}" if "confidence" in meta else "")
+        typed = f" ({meta['typed']})" if meta.get("typed") not in (None, meta["value"]) and str(meta["typed"]) != str(meta["value"]) else ""
+        return f"{meta['value']}{typed} {meta['source']}" + (f" {meta['confidence']:.2f}" if "confidence" in meta else "")
 
     table = [["track", "bpm", "key", "time signature"]] + [[m["track"], *(cell(m[f]) for f in METAS)] for m in metas]
     widths = [max(len(row[i]) for row in table) for i in range(4)]

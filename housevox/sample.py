@@ -20,6 +20,7 @@ import housevox
 from housevox.acestep import load_dit, model_dtype, open_checkpoint
 from housevox.acestep.sampler import GUIDANCE_MODES
 from housevox.errors import HousevoxError, UsageError, run_cli
+from housevox.metas import METAS, MetaError, normalise
 from housevox.generate import (
     CHUNK_MASK_AUTO,
     DEFAULT_GUIDANCE_SCALE,
@@ -92,15 +93,16 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="python -m housevox.sample", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--checkpoint-dir", required=True,
-                   help="ACE-Step v1.5 checkpoint folder (with vae/ and text encoder)")
+                   help="ACE-Step v1.5 checkpoint folder (with vae/ and text encoder), or a model name such as "
+                        "acestep-v15-xl-base[@revision], fetched into the Hugging Face cache on first use")
     p.add_argument("--lora", help="LoRA: PEFT folder, ComfyUI or diffusers .safetensors (default: base model only)")
     p.add_argument("--lora-scale", type=float, nargs="+", default=None,
                    help="LoRA strength; several values render a comparison set OUT_scale0.50.wav ... (default 1.0)")
     p.add_argument("--prompt", default=DEFAULT_PROMPT, help="caption")
     p.add_argument("--lyrics", help="lyrics file; a value that is not an existing file is used as the lyrics text")
     p.add_argument("--bpm", type=int)
-    p.add_argument("--key", help='e.g. "A minor"')
-    p.add_argument("--timesignature", default="4")
+    p.add_argument("--key", help='e.g. "A minor", "Am", "F# major" (written as ACE-Step spells it)')
+    p.add_argument("--timesignature", default="4", help="2, 3, 4 or 6; 4/4, 6/8 ... are understood")
     p.add_argument("--language", default="en")
     p.add_argument("--duration", type=float, default=30.0, help=f"seconds, 0 < d <= {MAX_DURATION_S:g}")
     p.add_argument("--steps", type=int,
@@ -145,6 +147,12 @@ def check_args(args: argparse.Namespace) -> None:
         raise UsageError("--lora-scale needs --lora")
     if args.out.is_dir():
         raise UsageError(f"--out {args.out}: is a folder, give a .wav file name")
+    for field in METAS:
+        if getattr(args, field) is not None:
+            try:
+                setattr(args, field, normalise(field, getattr(args, field)))
+            except MetaError as exc:
+                raise UsageError(f"--{exc}") from None
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -36,6 +36,28 @@ def test_dit_matches_upstream_reference(upstream_tiny, case):
     assert (velocity - ref[f"{case}.velocity"]).abs().max().item() <= 1e-4
 
 
+def test_padded_masked_batch_gives_each_segment_its_velocity_alone(upstream_tiny):
+    """4 conditions of different lengths, padded to the longest and masked: each row = that segment run alone, unpadded."""
+    dit = load_dit(upstream_tiny, dtype=torch.float32)
+    cfg = dit.config
+    gen = torch.Generator().manual_seed(7)
+    lengths, frames = [5, 17, 9, 12], 21
+    x = torch.randn(4, frames, cfg.audio_acoustic_hidden_dim, generator=gen)
+    ctx = torch.randn(4, frames, cfg.in_channels - cfg.audio_acoustic_hidden_dim, generator=gen)
+    t = torch.tensor([0.9, 0.2, 0.5, 0.7])
+    conds = [torch.randn(n, cfg.encoder_hidden_size, generator=gen) for n in lengths]
+    padded = torch.full((4, max(lengths), cfg.encoder_hidden_size), 1e3)  # loud padding: it must not leak
+    mask = torch.zeros(4, max(lengths), dtype=torch.bool)
+    for i, c in enumerate(conds):
+        padded[i, : len(c)], mask[i, : len(c)] = c, True
+    with torch.no_grad():
+        batched = dit(x, t, t, padded, ctx, encoder_attention_mask=mask)
+        alone = torch.cat([dit(x[i:i + 1], t[i:i + 1], t[i:i + 1], conds[i][None], ctx[i:i + 1]) for i in range(4)])
+        unmasked = dit(x, t, t, padded, ctx)
+    assert (batched - alone).abs().max().item() <= 1e-5
+    assert (unmasked - alone).abs().max().item() > 1e-2, "the padding is loud enough that a missing mask shows"
+
+
 def _encoder_error(encoder, ref, case):
     with torch.no_grad():
         hidden, mask = encoder(**{name: ref[f"{case}.{name}"] for name in ENCODER_ARGS})

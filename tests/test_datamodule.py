@@ -1,4 +1,4 @@
-"""DataModule over a synthetic cache (no encoders): track split, batch grouping, seeded order, resume skip."""
+"""DataModule over a synthetic cache (no encoders): track split, padded batches, seeded order, split-invariant steps, resume skip."""
 
 import hashlib
 import inspect
@@ -78,19 +78,47 @@ def test_single_track_trains_and_says_val_is_empty(tmp_path, caplog):
 
 
 @pytest.mark.parametrize("batch_size", [1, 2, 3])
-def test_train_batches_group_equal_lengths_and_cover_the_epoch(many_tracks, batch_size):
+def test_train_batches_pad_any_lengths_and_cover_the_epoch(many_tracks, batch_size):
     dm = make_dm(many_tracks, batch_size=batch_size, val_fraction=0.0)
     loader = dm.train_dataloader()
-    seen = []
+    seen, mixed = [], 0
     for batch in loader:
-        assert batch["encoder_hidden_states"].shape[1] == batch["encoder_attention_mask"].shape[1]
+        lengths = [dm.train_set.entries[int(i)]["L"] for i in batch["index"]]
+        assert batch["encoder_hidden_states"].shape[1] == batch["encoder_attention_mask"].shape[1] == max(lengths)
+        assert batch["encoder_attention_mask"].sum(dim=1).tolist() == lengths
+        assert batch["padded"] == (len(set(lengths)) > 1)
+        for row, i in enumerate(batch["index"]):
+            real = dm.train_set[int(i)]["encoder_hidden_states"]
+            assert torch.equal(batch["encoder_hidden_states"][row, : len(real)], real)
         assert batch["target_latents"].shape[1:] == (750, 4) and batch["context_latents"].shape[1:] == (750, 8)
-        assert len({dm.train_set.entries[int(i)]["L"] for i in batch["index"]}) == 1
         assert len(batch["index"]) <= batch_size
+        mixed += batch["padded"]
         seen += batch["index"].tolist()
     assert sorted(seen) == list(range(len(dm.train_set)))
-    assert len(loader) == dm.train_batches_per_epoch() == len(list(loader))
-    assert batch_size == 1 or dm.train_batches_per_epoch() < len(dm.train_set)
+    assert len(loader) == dm.train_batches_per_epoch() == len(list(loader)) == -(-len(dm.train_set) // batch_size)
+    assert batch_size == 1 or mixed, "lengths 6 and 9 never shared a batch: nothing was padded"
+
+
+def test_each_step_gets_the_same_samples_at_any_split():
+    """b × k: the window of b·k samples is the same for 1 × 4, 2 × 2, 4 × 1; inside it, similar L batch together."""
+    keys = [(750, [9, 6, 12, 6, 9][i % 5]) for i in range(22)]
+
+    def steps(b, k):
+        sampler = SeededBatchSampler(keys, b, seed=5, accumulate=k)
+        sampler.set_epoch(2)
+        batches = list(sampler)
+        assert len(batches) == len(sampler)
+        return [sorted(sum(batches[j:j + k], [])) for j in range(0, len(batches), k)], batches
+
+    reference, _ = steps(1, 4)
+    for b, k in ((4, 1), (2, 2)):
+        windows, batches = steps(b, k)
+        assert windows == reference
+        for batch in batches:
+            assert [keys[i] for i in batch] == sorted(keys[i] for i in batch)
+    assert [len(w) for w in reference] == [4] * 5 + [2], "the short last step holds the leftover samples"
+    _, pairs = steps(2, 2)
+    assert all(keys[a][1] <= keys[b][1] for (a, *_), (b, *_) in zip(pairs[::2], pairs[1::2])), "shortest L first"
 
 
 def test_order_depends_only_on_seed_and_epoch():
@@ -106,7 +134,7 @@ def test_order_depends_only_on_seed_and_epoch():
     fixed = SeededBatchSampler(keys, 2, seed=0, shuffle=False)
     first = list(fixed)
     fixed.set_epoch(5)
-    assert list(fixed) == first == [[0, 2], [1, 3], [4, 6], [5, 7], [8, 10], [9, 11], [12, 14], [13, 15], [16, 18], [17, 19]]
+    assert list(fixed) == first == [[2 * i, 2 * i + 1] for i in range(10)]
 
 
 def test_start_batch_skips_exactly_k_batches_of_that_epoch_only():

@@ -111,15 +111,20 @@ def test_clap_windows_vectors_and_determinism(tiny_clap):
     assert tiny_clap.text(["deep house"]).shape == (1, 16)
 
 
-def test_clap_missing_offline_is_one_line(tmp_path, capsys):
+def test_clap_missing_offline_is_one_line(tmp_path, capsys, monkeypatch):
+    import huggingface_hub.constants
+
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
     def load(argv):
         ClapEmbedding.from_pretrained(*argv)
         return 0
 
-    for name in (str(tmp_path / "no-such-clap"), "housevox-tests/no-such-clap"):
+    for name, needle in ((str(tmp_path / "no-such-clap"), "no such folder"),
+                         ("housevox-tests/no-such-clap", "not in the local Hugging Face cache")):
         assert run_cli(load, [name]) != 0
         err = capsys.readouterr().err
-        assert err.count("\n") == 1 and "not in the local Hugging Face cache" in err and "--embedding vae" in err, err
+        assert err.count("\n") == 1 and needle in err, err
+    assert "`hf download housevox-tests/no-such-clap`" in err and "--embedding vae" in err, err
 
 
 @pytest.mark.slow

@@ -1,6 +1,7 @@
 """`python -m housevox.lora inspect|lint|convert`, and the lint rules behind it."""
 
 import json
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -51,7 +52,7 @@ def cli(argv, capsys):
 def test_describe_xl_rank_128_explains_the_size(xl_plan, tmp_path):
     dit, plan = xl_plan
     shapes = xl_shapes(dit, plan.module_paths, 128)
-    lf = LoRAFile(tmp_path / "x.safetensors", "peft", "lora", {}, {}, shapes, {"BF16": 704},
+    lf = LoRAFile(tmp_path / "x.safetensors", "peft", "lora", {}, {}, shapes, {"BF16": 704}, {"BF16": 318_767_104},
                   {m: 128.0 for m in shapes}, {m: 128 for m in shapes}, "adapter_config.json")
     text = "\n".join(describe(lf))
     assert "modules: 352 (self 128 / cross 128 / mlp 96), layers 0..31" in text
@@ -241,3 +242,4 @@ def test_convert_dora_needs_its_base_for_comfyui(tmp_path, capsys):
     write_comfy(tmp_path / "ok.safetensors", weights)
     code, out, _ = cli(["inspect", str(tmp_path / "ok.safetensors")], capsys)
     assert code == 0 and "adapter: DoRA" in out and "+ 64 (magnitude)" in out and "convention: dora_scale" in out
+    assert re.search(r"size: [\d,]+ params x 2 bytes \+ [\d,]+ params x 4 bytes = ", out)  # bf16 factors, fp32 scales

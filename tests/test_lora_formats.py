@@ -1,9 +1,11 @@
 """The adapter layouts: lossless round trips, merged weights, and loading in PEFT, diffusers and (re-derived) ComfyUI."""
 
 import json
+from pathlib import Path
 
 import pytest
 import torch
+import yaml
 from diffusers.loaders import AceStepLoraLoaderMixin
 from peft import PeftModel
 from safetensors import safe_open
@@ -13,7 +15,7 @@ from torch import nn
 from housevox.acestep.config import AceStepConfig
 from housevox.acestep.modules import build_dit
 from housevox.acestep.presets import PRESETS
-from housevox.errors import HousevoxError
+from housevox.errors import HousevoxError, run_cli
 from housevox.lora import (
     LoRASettings,
     LoRAWeights,
@@ -28,9 +30,11 @@ from housevox.lora import (
     write_diffusers_file,
     write_peft_folder,
 )
+from housevox.lora.apps import diffusers_reading
 from housevox.lora.formats import CONVENTION_KEY, in_out_features, open_lora
 from housevox.lora.targets import init_lora_weights, lora_layers
 
+ROOT = Path(__file__).resolve().parents[1]
 TINY = AceStepConfig.from_upstream(PRESETS["tiny"])
 WRITERS = {"peft": write_peft_folder, "comfyui": write_comfyui_file, "diffusers": write_diffusers_file}
 
@@ -200,6 +204,52 @@ def test_diffusers_ace_step_loader_accepts_our_files(tmp_path, weights, fmt):
         layer = adapted[to_diffusers_path(path)]
         assert torch.equal(layer.lora_A["x"].weight, a) and torch.equal(layer.lora_B["x"].weight, b)
         assert layer.scaling["x"] == weights.alpha[path] / 4, path
+
+
+@pytest.mark.parametrize("targets", ["gate_proj up_proj down_proj", "q_proj gate_proj"])
+def test_what_inspect_says_diffusers_does_is_what_its_loader_does(tmp_path, capsys, targets):
+    """diffusers takes the PEFT file only when some key holds q_proj/k_proj (an MLP-only one is ignored without an
+    error), takes the `convert --to diffusers` file whatever the targets, and refuses the ComfyUI file."""
+    from housevox.lora.__main__ import main as lora_main
+
+    dit = build_dit(TINY, device="cpu").requires_grad_(False)
+    apply_lora(dit, LoRASettings(rank=4, alpha=4.0, target_modules_str=targets))
+    weights = extract_lora(dit)
+    files = {"peft": write_peft_folder(tmp_path / "peft", weights) / "adapter_model.safetensors",
+             "diffusers": write_diffusers_file(tmp_path / "d.safetensors", weights),
+             "comfyui": write_comfyui_file(tmp_path / "c.safetensors", weights)}
+    verdicts = {}
+    for fmt, file in files.items():
+        reading = diffusers_reading(list(open_lora(file).keys))
+        fresh = build_dit(TINY, device="cpu")
+        try:
+            _Pipe(fresh).load_lora_weights(str(file.parent), weight_name=file.name, adapter_name="x")
+        except ValueError:
+            assert reading.verdict == "refuses", fmt
+        else:
+            loaded = sum(1 for m in fresh.modules() if hasattr(m, "lora_A") and "x" in m.lora_A)
+            assert (reading.verdict, reading.modules) == ("loads" if loaded else "ignores", loaded), fmt
+        verdicts[fmt] = reading.verdict
+    mlp_only = "q_proj" not in targets
+    assert verdicts == {"peft": "ignores" if mlp_only else "loads", "diffusers": "loads", "comfyui": "refuses"}
+    run_cli(lora_main, ["inspect", str(tmp_path / "peft")])
+    assert f"diffusers (AceStepPipeline.load_lora_weights): {verdicts['peft']}" in capsys.readouterr().out
+    run_cli(lora_main, ["convert", str(files["comfyui"]), "--to", "peft", "--out", str(tmp_path / "again")])
+    assert ("note: diffusers (AceStepPipeline.load_lora_weights): ignores" in capsys.readouterr().out) == mlp_only
+
+
+def test_diffusers_loads_the_dora_peft_file_with_its_magnitudes(tmp_path):
+    dit = build_dit(TINY, device="cpu").requires_grad_(False)
+    apply_lora(dit, LoRASettings(adapter_type="dora", rank=4, alpha=4.0))
+    weights = extract_lora(dit)
+    file = write_peft_folder(tmp_path / "peft", weights) / "adapter_model.safetensors"
+    fresh = build_dit(TINY, device="cpu")
+    _Pipe(fresh).load_lora_weights(str(file.parent), weight_name=file.name, adapter_name="x")
+    dora = {n: m for n, m in fresh.named_modules() if hasattr(m, "lora_magnitude_vector") and "x" in m.lora_magnitude_vector}
+    assert set(dora) == {to_diffusers_path(p) for p in weights.modules}
+    for path, m in weights.magnitude.items():
+        assert torch.equal(dora[to_diffusers_path(path)].lora_magnitude_vector["x"].weight, m)
+    assert diffusers_reading(list(open_lora(file).keys)).verdict == "loads"
 
 
 def test_reads_ace_step_trainer_output(tmp_path, weights):
@@ -475,3 +525,42 @@ def test_mixed_adapter_types_in_one_file_are_refused(tmp_path):
     save_file(tensors, tmp_path / "mixed.safetensors")
     with pytest.raises(HousevoxError, match="mixed.safetensors: mixes adapter types"):
         read_lora(tmp_path / "mixed.safetensors")
+
+
+def test_demo_dora_in_comfyui_matches_peft_within_what_bf16_factors_explain(tmp_path):
+    """The demo config as DoRA (r 16, alpha 16, its seven targets, both attentions) after a 'training' that moved
+    the factors (ΔW up to a few % of the base entries) and the magnitudes: ComfyUI's formula on the bf16 file the
+    fit writes lands on PEFT's own merge as closely as bf16 factors alone allow, because dora_scale, which
+    multiplies the whole base row, is kept in fp32. A bf16 dora_scale would land several times further off."""
+    demo = yaml.safe_load((ROOT / "configs" / "demo.yaml").read_text())["model"]
+    torch.manual_seed(0)
+    dit = build_dit(TINY, device="cpu").requires_grad_(False)
+    apply_lora(dit, LoRASettings(adapter_type="dora", rank=demo["rank"], alpha=float(demo["alpha"]),
+                                 target_modules_str=demo["target_modules_str"], attention_type=demo["attention_type"]))
+    with torch.no_grad():
+        for layer in lora_layers(dit).values():
+            w0 = layer.get_base_layer().weight
+            nn.init.normal_(layer.lora_B["default"].weight, std=1.5 * w0.abs().mean().item() / demo["rank"] ** 0.5)
+            layer.lora_magnitude_vector["default"].weight.mul_(1 + 0.02 * torch.randn(w0.shape[0]))
+    weights = extract_lora(dit)
+    write_comfyui_file(tmp_path / "demo.safetensors", weights, dtype=torch.bfloat16)  # as LoRAExport writes it
+    write_comfyui_file(tmp_path / "fp32.safetensors", weights, dtype=torch.float32)
+    f, exact = load_file(tmp_path / "demo.safetensors"), load_file(tmp_path / "fp32.safetensors")
+    assert {t.dtype for k, t in f.items() if k.endswith(("lora_up.weight", "lora_down.weight"))} == {torch.bfloat16}
+    assert {t.dtype for k, t in f.items() if k.endswith((".dora_scale", ".alpha"))} == {torch.float32}
+    write_peft_folder(tmp_path / "peft", weights, dtype=torch.bfloat16)
+    peft_file = load_file(tmp_path / "peft" / "adapter_model.safetensors")
+    assert {t.dtype for k, t in peft_file.items() if k.endswith("lora_magnitude_vector")} == {torch.float32}
+
+    worst, change = {"file": 0.0, "bf16 factors alone": 0.0, "bf16 dora_scale": 0.0}, 0.0
+    for diffusers_path, layer in lora_layers(dit).items():
+        x = f"base_model.model.{to_original_path(diffusers_path)}"
+        w0, peft = layer.get_base_layer().weight.detach(), trained_weight(layer)
+        change = max(change, (peft - w0).abs().max().item())
+        factors_only = dict(exact, **{f"{x}.lora_{s}.weight": exact[f"{x}.lora_{s}.weight"].bfloat16() for s in ("up", "down")})
+        bf16_scale = dict(f, **{f"{x}.dora_scale": f[f"{x}.dora_scale"].bfloat16()})
+        for name, tensors in (("file", f), ("bf16 factors alone", factors_only), ("bf16 dora_scale", bf16_scale)):
+            worst[name] = max(worst[name], (comfyui_weight(tensors, x, w0) - peft).abs().max().item())
+    print(f"learned change {change:.3g}; ComfyUI vs PEFT: " + ", ".join(f"{k} {v:.3g}" for k, v in worst.items()))
+    assert worst["file"] <= worst["bf16 factors alone"] * (1 + 1e-3) + 1e-7, worst
+    assert worst["bf16 dora_scale"] > 3 * worst["bf16 factors alone"], worst

@@ -175,6 +175,18 @@ def test_lint_rejects_a_bad_budget_and_a_bad_quantize_mode(tmp_path, capsys):
     assert code != 0 and "quantize_base" in err and "Traceback" not in err
 
 
+def test_auto_batch_size_takes_the_largest_divisor_of_the_effective_batch_that_fits():
+    base, shape = base_config("tiny"), RunShape(rank=8, gradient_checkpointing=False)
+    on_card = {b: predict(base, replace(shape, batch_size=b)).on_card_gib for b in (1, 2, 4)}
+    assert on_card[1] < on_card[2] < on_card[4]
+    between = (on_card[2] + on_card[4]) / 2
+    assert memory.auto_batch_size(base, shape, on_card[4] + 1, 4)[0] == 4
+    b, why = memory.auto_batch_size(base, shape, between, 4)
+    assert b == 2 and "2 x accumulate_grad_batches 2 (effective batch 4 kept)" in why and "batch 4" in why
+    assert memory.auto_batch_size(base, shape, between, 6)[0] == 2, "6 and 3 are over the budget, 2 fits"
+    assert memory.auto_batch_size(base, shape, on_card[1] / 2, 4)[0] == 1, "nothing fits: 1, and the lint says why"
+
+
 def test_lint_reads_fit_overrides_and_predicts_each_variant(tmp_path, tiny_checkpoint, capsys):
     """What you lint is what you run: fit's own overrides change the plan the lint prints."""
     config = tmp_path / "run.yaml"
@@ -204,3 +216,15 @@ def test_lint_override_errors_are_fits_one_line_errors(tmp_path, tiny_checkpoint
     with pytest.raises(SystemExit) as extra:
         main(["inspect", str(config), "--model.rank", "4"])
     assert extra.value.code == 2 and "unrecognized arguments" in capsys.readouterr().err
+
+
+def test_lint_states_the_compile_cost_and_plans_batch_size_auto_as_one(tmp_path, tiny_checkpoint, capsys):
+    config = tmp_path / "run.yaml"
+    config.write_text(f"model:\n  checkpoint_dir: {tiny_checkpoint}\n  rank: 8\n  alpha: 8\n  cfg_ratio: 0.15\n"
+                      "data:\n  batch_size: auto\n")
+    code, out, err = cli(["lint", "--config", str(config), "--model.compile", "true"], capsys)
+    assert code == 0, err
+    assert "compile true: the first steps of every fit process" in out and "one-time cost" in out
+    assert f"predicted peak GPU memory ({RunShape(rank=8).describe()})" in out, "auto is planned at batch 1"
+    code, out, _ = cli(["lint", "--config", str(config)], capsys)
+    assert code == 0 and "compile true" not in out

@@ -37,8 +37,8 @@ def make_inputs(src):
     src.mkdir()
     groove = music(65)
     sf.write(src / "groove.wav", groove.T, SR, subtype="FLOAT")
-    (src / "groove.json").write_text(json.dumps({"caption": "deep house, soulful vocal", "lyrics": "la la", "bpm": 122,
-                                                 "key": "A minor", "timesignature": "4", "language": "en"}))
+    (src / "groove.json").write_text(json.dumps({"caption": "deep house, soulful vocal", "lyrics": "la la", "bpm": "122 bpm",
+                                                 "key": "Am", "timesignature": "4/4", "language": "en"}))
     write_pcm24(src / "café ñ.flac", quantize_pcm24(music(31, 48000, seed=1)), 48000, container="FLAC")
     (src / "café ñ.txt").write_text("piano house\n")
     (src / "café ñ.lyrics.txt").write_text("oh oh\n")
@@ -59,6 +59,8 @@ def make_inputs(src):
     sf.write(src / "silence.wav", np.zeros(31 * SR), SR, subtype="PCM_16")
     sf.write(src / "sidecar.wav", tail.T, SR, subtype="PCM_16")
     (src / "sidecar.json").write_text('{"caption": "unterminated')
+    sf.write(src / "badmeta.wav", tail.T, SR, subtype="PCM_16")
+    (src / "badmeta.json").write_text(json.dumps({"key": "Am", "timesignature": "7/8"}))
     sf.write(src / "short.wav", groove[:, : 5 * SR].T, SR, subtype="PCM_16")
 
 
@@ -85,7 +87,10 @@ def test_bad_inputs_are_reported_and_the_rest_is_processed(batch):
     assert batch["rc"] == 0
     failed = {e["source"].rsplit("/", 1)[-1]: e["reason"] for e in batch["report"]["failed"]}
     skipped = {e["source"].rsplit("/", 1)[-1]: e["reason"] for e in batch["report"]["skipped"]}
-    assert set(failed) == {"empty.wav", "notes.wav", "truncated.wav", "nan.wav", "sidecar.wav"}
+    assert set(failed) == {"empty.wav", "notes.wav", "truncated.wav", "nan.wav", "sidecar.wav", "badmeta.wav"}
+    assert failed["badmeta.wav"].endswith("badmeta.json: timesignature '7/8' is not a time signature ACE-Step knows:"
+                                          " 2 (2/4), 3 (3/4), 4 (4/4) or 6 (6/8)")
+    assert not list(batch["out"].glob("badmeta*"))
     assert "cannot read audio" in failed["empty.wav"] and "cannot read audio" in failed["notes.wav"]
     assert "sidecar.json: unreadable caption sidecar" in failed["sidecar.wav"]
     assert "truncated" in failed["truncated.wav"] and "NaN" in failed["nan.wav"]
@@ -185,7 +190,8 @@ def test_sidecar_captions_are_carried_into_every_segment(batch):
     for r in rows_of(batch, "groove"):
         assert (r["caption"], r["lyrics"], r["bpm"], r["key"], r["timesignature"], r["language"]) == (
             "deep house, soulful vocal", "la la", 122, "A minor", "4", "en")
-        assert r["metas_source"] == {f: {"source": "given"} for f in ("bpm", "key", "timesignature")}
+        assert r["metas_source"] == {"bpm": {"source": "given", "typed": "122 bpm"}, "key": {"source": "given", "typed": "Am"},
+                                     "timesignature": {"source": "given", "typed": "4/4"}}
         assert r["lyrics_source"] == "untimed"
     for r in rows_of(batch, "café ñ"):
         assert (r["caption"], r["lyrics"]) == ("piano house", "oh oh")

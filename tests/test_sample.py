@@ -21,7 +21,7 @@ from housevox.data.cache import build_cache, entry_path, load_entry, read_index
 from housevox.errors import run_cli
 from housevox.lora import LoRASettings, apply_lora, extract_lora, write_comfyui_file, write_peft_folder
 from housevox.generate import Take, encode_take, write_wav
-from housevox.sample import main, read_lyrics
+from housevox.sample import check_args, main, parse_args, read_lyrics
 from housevox.train.preview import AudioPreview
 
 FAST = ["--duration", "2", "--guidance-scale", "3.0"]
@@ -142,6 +142,8 @@ def test_conditioning_equals_the_built_cache(tiny_checkpoint, tmp_path):
     ("long duration", "--duration 601"),
     ("zero steps", "--steps 0"),
     ("scale without lora", "--lora-scale needs --lora"),
+    ("unknown meter", "--timesignature '7/8' is not a time signature ACE-Step knows"),
+    ("unknown key", "--key 'H minor' is not a key like"),
 ])
 def test_errors_are_one_line(case, expected, tiny_checkpoint, loras, tmp_path, capsys):
     corrupt = tmp_path / "corrupt.safetensors"
@@ -150,7 +152,8 @@ def test_errors_are_one_line(case, expected, tiny_checkpoint, loras, tmp_path, c
         "missing checkpoint": [], "missing lora": ["--lora", str(tmp_path / "nope.safetensors")],
         "corrupt lora": ["--lora", str(corrupt)], "other model size": ["--lora", str(loras.other_size)],
         "zero duration": ["--duration", "0"], "long duration": ["--duration", "601"], "zero steps": ["--steps", "0"],
-        "scale without lora": ["--lora-scale", "0.5"],
+        "scale without lora": ["--lora-scale", "0.5"], "unknown meter": ["--timesignature", "7/8"],
+        "unknown key": ["--key", "H minor"],
     }[case]
     if case == "missing checkpoint":
         ckpt = tmp_path / "no-such-checkpoint"
@@ -158,6 +161,12 @@ def test_errors_are_one_line(case, expected, tiny_checkpoint, loras, tmp_path, c
     assert code != 0
     assert err.count("\n") == 1 and err.startswith("error: ") and expected in err, err
     assert not (tmp_path / "x.wav").exists()
+
+
+def test_typed_metas_are_written_as_ace_step_spells_them():
+    args = parse_args(["--checkpoint-dir", "ckpt", "--out", "take.wav", "--key", "f#m", "--timesignature", "6/8", "--bpm", "124"])
+    check_args(args)
+    assert (args.key, args.timesignature, args.bpm) == ("F# minor", "6", 124)
 
 
 def test_lyrics_file_or_literal(tmp_path):

@@ -2,6 +2,7 @@
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -81,6 +82,18 @@ def test_run_writes_logs_lora_and_lean_checkpoints(reference_run):
     assert ckpt["housevox"]["run_seed"] == 123
     assert torch.uint8 in set(tensor_dtypes(ckpt["optimizer_states"][0]["state"])), "AdamW8bit kept no 8-bit state"
     assert "LoRA: 22 modules adapted" in result.stderr
+
+
+def test_first_lines_give_the_run_size_and_the_profile_the_step_times(reference_run):
+    run, _, result = reference_run
+    lines = [line for line in result.stderr.splitlines() if line.startswith(("run:", "predicted time:", "lint:"))]
+    assert lines[0] == ("run: 3 training segments, 3 micro-batches = 3 optimizer steps an epoch (accumulate 1) "
+                        "x 3 epochs = 9 optimizer steps")
+    assert lines[1] == "predicted time: no prediction on cpu (the predictor models CUDA cards); the remaining time shows after 3 measured steps"
+    assert re.search(r"^run: epoch 3/3, step 9/9; [\d.e-]+ s a step measured; about 0:00 left$", result.stderr, re.M)
+    times = json.loads((run / "run_profile.json").read_text())["step_seconds"]
+    # steps 1-2 warm up; 2->3, 4->5, 5->6, 7->8, 8->9 are timed (3->4 and 6->7 hold an epoch end)
+    assert times["predicted"] is None and times["measured"] > 0 and times["measured_steps"] == 5
 
 
 def test_validation_loss_falls_by_a_fifth(reference_run):

@@ -13,12 +13,14 @@ from housevox.acestep.loading import (
     model_dtype,
     open_checkpoint,
 )
+from housevox.acestep.modules import compile_blocks
 from housevox.acestep.sampler import initial_noise, sample_latents
 
 __all__ = [
     "AceStepConfig",
     "acestep_config",
     "CheckpointFolder",
+    "compile_blocks",
     "load_condition_encoder",
     "load_dit",
     "load_null_condition",

@@ -2,7 +2,8 @@
 
 Two layouts load: upstream's original one (`config.json`, `model*.safetensors`,
 `silence_latent.pt`, sibling `vae/` and `Qwen3-Embedding-0.6B/`) and diffusers'
-(`model_index.json` with `transformer/`, `condition_encoder/`, ...). Modules are
+(`model_index.json` with `transformer/`, `condition_encoder/`, ...). A value that is no folder but an
+ACE-Step model name (`acestep-v15-xl-base[@revision]`) is resolved in the hub cache by `hub.py`. Modules are
 built on the meta device and filled shard by shard straight into the target dtype,
 so peak RAM stays near one copy of the weights.
 """
@@ -11,18 +12,19 @@ import hashlib
 import json
 import re
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import torch
 from safetensors import SafetensorError, safe_open
 from torch import nn
 
+from housevox.acestep import hub
 from housevox.acestep.config import AceStepConfig
+from housevox.acestep.hub import TEXT_ENCODER_DIRNAME, VAE_DIRNAME
 from housevox.errors import HousevoxError
 from housevox.jsonfile import read_json_object
 
-TEXT_ENCODER_DIRNAME = "Qwen3-Embedding-0.6B"
 _FINGERPRINT_BYTES = 1 << 20
 SKIPPED_PREFIXES = ("tokenizer.", "detokenizer.")  # the audio tokenizer: not used for text-to-music LoRA
 
@@ -84,12 +86,15 @@ class CheckpointFolder:
     vae_dir: Path | None
     text_encoder_dir: Path | None
     tokenizer_dir: Path | None
+    name: str = ""  # the model's name: the folder's, or the hub model's (whose folder is a commit hash)
+    sources: tuple[tuple[str, str], ...] = ()  # hub checkpoints: (part, "repo@commit[:subfolder/]")
 
     def fingerprint(self) -> str:
         """sha256 over config, sizes and the head and tail of every weight file (VAE and text encoder too).
 
         Cheap on a 9 GB checkpoint yet changes when any file is replaced, so a cache
-        built with another checkpoint is detected; mtimes are left out so a copy matches.
+        built with another checkpoint is detected; mtimes are left out so a copy matches, and the
+        model's name stands for its folder's, so a hub snapshot matches a downloaded folder.
         """
         digest = hashlib.sha256()
         files = {*self.dit.files, *self.condition_encoder.files}
@@ -98,9 +103,11 @@ class CheckpointFolder:
         for folder in (self.vae_dir, self.text_encoder_dir, self.tokenizer_dir):
             if folder:
                 files.update(p for p in folder.iterdir() if p.is_file())
-        for path in sorted(files):
+        named = {(f"{self.name or self.root.name}/{p.name}" if p.parent == self.root else str(p.relative_to(p.parent.parent))): p
+                 for p in files}
+        for name, path in sorted(named.items()):
             size = path.stat().st_size
-            digest.update(f"{path.relative_to(path.parent.parent)}:{size}".encode())
+            digest.update(f"{name}:{size}".encode())
             with open(path, "rb") as fh:
                 digest.update(fh.read(_FINGERPRINT_BYTES))
                 if size > 2 * _FINGERPRINT_BYTES:
@@ -149,7 +156,10 @@ def locate_checkpoint(path: "str | Path | CheckpointFolder") -> CheckpointFolder
         return path
     root = Path(path).expanduser()
     if not root.exists():
-        raise HousevoxError(f"{root}: checkpoint folder does not exist")
+        if hub.parse_model_name(str(path)) is not None:
+            return _locate_hub(hub.resolve_checkpoint(str(path)))
+        raise HousevoxError(f"{root}: checkpoint folder does not exist (nor an ACE-Step v1.5 model name: "
+                            f"{hub.model_names()})")
     if not root.is_dir():
         raise HousevoxError(f"{root}: not a folder (give the checkpoint folder, e.g. acestep-v15-xl-base/)")
     if (root / "model_index.json").is_file():
@@ -157,6 +167,13 @@ def locate_checkpoint(path: "str | Path | CheckpointFolder") -> CheckpointFolder
     if (root / "config.json").is_file():
         return _locate_original(root)
     raise HousevoxError(f"{root}: not an ACE-Step v1.5 checkpoint (no config.json or model_index.json)")
+
+
+def _locate_hub(found: hub.HubCheckpoint) -> CheckpointFolder:
+    """A hub model: the DiT's own snapshot folder, with the VAE and text encoder from the shared repo's."""
+    local = _locate_original(found.dit_dir)
+    return replace(local, vae_dir=found.vae_dir, text_encoder_dir=found.text_encoder_dir,
+                   tokenizer_dir=found.text_encoder_dir, name=found.name, sources=tuple(found.sources.items()))
 
 
 def _locate_original(root: Path) -> CheckpointFolder:
@@ -171,7 +188,7 @@ def _locate_original(root: Path) -> CheckpointFolder:
         root=root, layout="original", config=config,
         dit=WeightSet(files, convert_upstream_key), condition_encoder=WeightSet(files, convert_upstream_key),
         silence_latent_path=silence if silence.is_file() else None,
-        vae_dir=_find_sibling(root, "vae"), text_encoder_dir=text_dir, tokenizer_dir=text_dir,
+        vae_dir=_find_sibling(root, VAE_DIRNAME), text_encoder_dir=text_dir, tokenizer_dir=text_dir, name=root.name,
     )
 
 
@@ -210,7 +227,7 @@ def _locate_diffusers(root: Path) -> CheckpointFolder:
         silence_latent_path=None,
         vae_dir=root / "vae" if (root / "vae").is_dir() else None,
         text_encoder_dir=root / "text_encoder" if (root / "text_encoder").is_dir() else None,
-        tokenizer_dir=root / "tokenizer" if (root / "tokenizer").is_dir() else None,
+        tokenizer_dir=root / "tokenizer" if (root / "tokenizer").is_dir() else None, name=root.name,
     )
 
 

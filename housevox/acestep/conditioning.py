@@ -44,6 +44,16 @@ def context_latents(silence_latent: torch.Tensor, frames: int, chunk_mask: float
     return torch.cat([silence, torch.full_like(silence, chunk_mask)], dim=-1)
 
 
+def pad_rows(rows: list[torch.Tensor]) -> torch.Tensor:
+    """Stack [L_i, ...] tensors into [B, max L, ...], zero (False) after each row's end: conditions or their masks.
+
+    The DiT masks the padding out of its cross-attention (`encoder_attention_mask`), so what the
+    zeros are never matters.
+    """
+    longest = max(r.shape[0] for r in rows)
+    return torch.stack([torch.cat([r, r.new_zeros((longest - r.shape[0], *r.shape[1:]))]) for r in rows])
+
+
 @dataclass
 class Condition:
     encoder_hidden_states: torch.Tensor  # [L, E]

@@ -5,7 +5,6 @@ pure noise, t = 0 the clean latent.
 """
 
 import torch
-import torch.nn.functional as F
 
 
 def sample_timesteps(batch: int, mu: float, sigma: float, generator: torch.Generator | None = None,
@@ -24,8 +23,9 @@ def velocity_target(x0: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
     return noise - x0
 
 
-def flow_loss(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-    return F.mse_loss(pred.float(), target.float())
+def sample_losses(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """[B]: each sample's mean squared error, so a batch's loss can weigh samples, not batches."""
+    return (pred.float() - target.float()).pow(2).flatten(1).mean(dim=1)
 
 
 def shifted_timesteps(steps: int, shift: float = 1.0, device=None, dtype: torch.dtype = torch.float32) -> torch.Tensor:

@@ -57,12 +57,12 @@ def describe(checkpoint_dir) -> list[str]:
         f"{_count(build_condition_encoder(cfg), exclude=(SILENCE_BUFFER,)):,}" + "".join(f", {e}" for e in extra),
         f"on disk:      {shards} shard(s), dtype {', '.join(f'{d} ({n} tensors)' for d, n in dtypes.most_common())}",
         f"missing:      {', '.join(missing) if missing else 'nothing'}",
-    ]
+    ] + [f"from the hub: {part} {source}" for part, source in ckpt.sources]
 
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(prog="python -m housevox.acestep.info", description=__doc__)
-    parser.add_argument("checkpoint_dir")
+    parser.add_argument("checkpoint_dir", help="checkpoint folder, or a model name such as acestep-v15-xl-base[@revision]")
     args = parser.parse_args(argv)
     print("\n".join(describe(args.checkpoint_dir)))
     return 0

@@ -83,13 +83,18 @@ def dcw_correction(x_next: torch.Tensor, x0_estimate: torch.Tensor, t: float,
 def sample_latents(dit, noise: torch.Tensor, encoder_hidden_states: torch.Tensor,
                    null_encoder_hidden_states: torch.Tensor, context_latents: torch.Tensor, steps: int,
                    shift: float = 1.0, guidance_scale: float = 7.0, guidance: str = "apg", dcw: bool = True,
-                   dcw_scaler: float = DCW_SCALER, dcw_high_scaler: float = DCW_HIGH_SCALER) -> torch.Tensor:
+                   dcw_scaler: float = DCW_SCALER, dcw_high_scaler: float = DCW_HIGH_SCALER,
+                   encoder_attention_mask: torch.Tensor | None = None) -> torch.Tensor:
     """Integrate from `noise` [B, T, 64] (t = 1) to the final latent [B, T, 64] (t = 0).
 
     `dit(x, t, r, encoder_hidden_states, context_latents)` is called once per step: on
     [x; x] with [condition; null] when `guidance_scale` > 1, else on x with the condition
     alone (no guidance). APG momentum lives in this call only. Conditions [B, L, E] and
     context [B, T, 128] are moved to the noise's device and dtype.
+
+    Several takes render in one batch: conditions (and nulls) of different lengths padded to one L
+    with `encoder_attention_mask` [B, L] (True = token), passed on to the DiT, which masks the padding
+    out; APG and DCW work per row, so each row is the take rendered alone.
     """
     if guidance not in GUIDANCE_MODES:
         raise ValueError(f"guidance {guidance!r}: expected one of {', '.join(GUIDANCE_MODES)}")
@@ -97,15 +102,17 @@ def sample_latents(dit, noise: torch.Tensor, encoder_hidden_states: torch.Tensor
         raise ValueError(f"steps {steps}: must be at least 1")
     cond, null, context = (x.to(noise) for x in (encoder_hidden_states, null_encoder_hidden_states, context_latents))
     guided = guidance_scale > 1
+    mask = {} if encoder_attention_mask is None else {"encoder_attention_mask": encoder_attention_mask.to(noise.device)}
     if guided:
         cond, context = torch.cat([cond, null]), torch.cat([context, context])
+        mask = {name: torch.cat([m, m]) for name, m in mask.items()}
     grid = shifted_timesteps(steps, shift, device=noise.device, dtype=noise.dtype)
     x, running = noise, None
     host_grid = grid.tolist()  # DCW's t on the host, read once here instead of a device sync every step
     for step, (t, t_next) in enumerate(zip(grid[:-1], grid[1:])):
         batch_x = torch.cat([x, x]) if guided else x
         t_in = t.expand(batch_x.shape[0])
-        v = dit(batch_x, t_in, t_in, cond, context)
+        v = dit(batch_x, t_in, t_in, cond, context, **mask)
         if guided:
             v_cond, v_null = v.chunk(2)
             if guidance == "apg":

@@ -1,21 +1,25 @@
 """LightningDataModule over the segment cache: build once in prepare_data, then read entries lazily.
 
-Batching: the DiT ignores attention masks, so padding would change what it computes.
-Batches therefore hold only segments of equal (T, L) (latent frames, condition tokens):
-every 30 s segment has T = 750, and L is fixed per caption + lyrics, so segments of one
-track usually batch together. Nothing is ever padded, and inference sees the same
-unpadded condition the LoRA was trained on.
+Batching: every 30 s segment has T = 750 latent frames, but each caption + lyrics has its own
+condition length L. A batch pads its conditions to its longest L and carries the mask; the DiT
+masks the padding out of its cross-attention, so each row is computed as that segment alone
+(unpadded, as inference sees it). Each optimizer step's samples are the next
+batch_size · accumulate (· ranks) of the epoch's permutation whatever the split, sorted by L
+inside that window so that similar lengths share a micro-batch and padding stays small.
 """
 
 import hashlib
 import logging
+import signal
 from collections.abc import Iterator
+from typing import Literal
 from pathlib import Path
 
 import lightning as L
 import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
+from housevox.acestep.conditioning import pad_rows
 from housevox.data.cache import build_cache, entry_path, load_entry, read_index
 from housevox.errors import HousevoxError
 from housevox.seeding import derived_generator
@@ -47,10 +51,16 @@ class SegmentCacheDataset(Dataset):
         return item
 
 
-def collate(items: list[dict]) -> dict[str, torch.Tensor]:
-    """Stack equal-shaped entries (the batch sampler guarantees equal (T, L))."""
-    batch = {name: torch.stack([item[name] for item in items]) for name in items[0] if name != "index"}
+PADDED = ("encoder_hidden_states", "encoder_attention_mask")  # [L, ...]: padded to the batch's longest L
+
+
+def collate(items: list[dict]) -> dict:
+    """Stack entries, padding conditions (and their masks, with False) to the longest L; `padded` says if any was."""
+    lengths = {item["encoder_hidden_states"].shape[0] for item in items}
+    batch = {name: (pad_rows if name in PADDED else torch.stack)([item[name] for item in items])
+             for name in items[0] if name != "index"}
     batch["index"] = torch.tensor([item["index"] for item in items])
+    batch["padded"] = len(lengths) > 1
     return batch
 
 
@@ -74,23 +84,29 @@ class _EpochOrder(Sampler[int]):
 
 
 class SeededBatchSampler(Sampler[list[int]]):
-    """Batches of equal group key in an order fixed by (seed, epoch), sharded by rank, with mid-epoch skipping.
+    """Micro-batches in an order fixed by (seed, epoch), the same samples per optimizer step at any split.
 
-    Samples are visited in the epoch's permutation and each goes to its group's open batch;
-    a batch is emitted when full, and leftovers (partial batches) follow in first-seen order.
-    Under DDP each rank takes every `num_replicas`-th batch, the list padded by repeating
-    its first batches so every rank steps equally often. `__len__` is always a whole epoch
-    (Lightning counts skipped batches itself when it resumes mid-epoch).
+    The epoch's permutation is cut into windows of batch_size · accumulate · num_replicas samples
+    (one optimizer step); each window is sorted by group key (T, L), stable, and cut into
+    micro-batches of `batch_size`, so similar lengths share a batch and a window's samples do not
+    depend on how it is split. Under DDP each rank takes every `num_replicas`-th micro-batch, the
+    list padded by repeating its first batches so every rank steps equally often. `__len__` is
+    always a whole epoch (Lightning counts skipped batches itself when it resumes mid-epoch).
     """
 
     def __init__(self, group_keys: list[tuple], batch_size: int, seed: int, shuffle: bool = True,
-                 num_replicas: int = 1, rank: int = 0):
+                 num_replicas: int = 1, rank: int = 0, accumulate: int = 1):
         if batch_size < 1:
             raise HousevoxError(f"data.batch_size: must be at least 1, got {batch_size}")
-        self.group_keys, self.batch_size = list(group_keys), batch_size
+        self.group_keys, self.batch_size, self.accumulate = list(group_keys), batch_size, max(1, accumulate)
         self.num_replicas, self.rank = num_replicas, rank
         self.sampler = _EpochOrder(len(self.group_keys), seed, shuffle)
         self._skip: tuple[int, int] = (0, 0)  # (epoch, batches to skip in that epoch)
+
+    @property
+    def window(self) -> int:
+        """Samples per optimizer step over all ranks."""
+        return self.batch_size * self.accumulate * self.num_replicas
 
     @property
     def epoch(self) -> int:
@@ -109,13 +125,10 @@ class SeededBatchSampler(Sampler[list[int]]):
 
     def batches(self) -> list[list[int]]:
         """This rank's batches of the current epoch, skip ignored."""
-        done, open_ = [], {}
-        for i in self.sampler:
-            bucket = open_.setdefault(self.group_keys[i], [])
-            bucket.append(i)
-            if len(bucket) == self.batch_size:
-                done.append(open_.pop(self.group_keys[i]))
-        done += list(open_.values())
+        order, done = list(self.sampler), []
+        for start in range(0, len(order), self.window):
+            window = sorted(order[start:start + self.window], key=lambda i: self.group_keys[i])
+            done += [window[j:j + self.batch_size] for j in range(0, len(window), self.batch_size)]
         if self.num_replicas > 1 and done:
             per_rank = -(-len(done) // self.num_replicas)
             done = (done * self.num_replicas)[: per_rank * self.num_replicas][self.rank::self.num_replicas]
@@ -128,11 +141,9 @@ class SeededBatchSampler(Sampler[list[int]]):
         return self.full_length()
 
     def full_length(self) -> int:
-        """Batches per rank in a whole epoch: the same for every epoch, since group sizes never change."""
-        counts: dict[tuple, int] = {}
-        for key in self.group_keys:
-            counts[key] = counts.get(key, 0) + 1
-        total = sum(-(-c // self.batch_size) for c in counts.values())
+        """Batches per rank in a whole epoch: the same for every epoch."""
+        whole, rest = divmod(len(self.group_keys), self.window)
+        total = whole * self.window // self.batch_size + -(-rest // self.batch_size)
         return -(-total // self.num_replicas) if total else 0
 
 
@@ -166,6 +177,12 @@ def split_entries(entries: list[dict], val_tracks: list[str] | None, val_fractio
     return [r for r in entries if r["track"] not in val], [r for r in entries if r["track"] in val]
 
 
+def leave_interrupts_to_the_trainer(worker_id: int) -> None:
+    """A terminal's Ctrl-C reaches every process of the group: workers ignore it, so the trainer, which finishes
+    the optimizer step in flight before it stops, still gets the batches it needs (they end with it)."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+
 class SegmentCacheDataModule(L.LightningDataModule):
     """Owns the 30 s segment cache: encoders run once in prepare_data, training reads cached tensors only.
 
@@ -173,7 +190,9 @@ class SegmentCacheDataModule(L.LightningDataModule):
         segments_dir: Folder written by `python -m housevox.prep` (segment WAVs + manifest.jsonl).
         checkpoint_dir: ACE-Step v1.5 checkpoint folder whose VAE, text encoder and condition encoder build the cache.
         cache_dir: Where cache entries and index.json live; default `<segments_dir>/cache`.
-        batch_size: Segments per batch; batches only hold segments of equal latent and condition length.
+        batch_size: Segments per micro-batch (conditions of different lengths are padded and masked, exactly), or
+            auto: the largest the predicted GPU memory allows, dividing accumulate_grad_batches, which shrinks to keep
+            the effective batch (auto counts as 1); 1 on CPU.
         num_workers: DataLoader worker processes reading cache entries.
         val_tracks: Track ids held out for validation; overrides val_fraction.
         val_fraction: Share of tracks held out for validation when val_tracks is not given (0 = none).
@@ -181,7 +200,8 @@ class SegmentCacheDataModule(L.LightningDataModule):
         seed: Seed of the training data order (with the epoch); the LightningModule sets the run seed here.
     """
 
-    def __init__(self, segments_dir: str, checkpoint_dir: str, cache_dir: str | None = None, batch_size: int = 1,
+    def __init__(self, segments_dir: str, checkpoint_dir: str, cache_dir: str | None = None,
+                 batch_size: int | Literal["auto"] = 1,
                  num_workers: int = 0, val_tracks: list[str] | None = None, val_fraction: float = 0.1,
                  default_caption: str = "", seed: int = 0):
         super().__init__()
@@ -200,6 +220,11 @@ class SegmentCacheDataModule(L.LightningDataModule):
         self._resume: tuple[int, int] = (0, 0)  # (epoch, batches done) restored from a checkpoint
         self.train_set: SegmentCacheDataset | None = None
         self.val_set: SegmentCacheDataset | None = None
+
+    @property
+    def micro_batch_size(self) -> int:
+        """batch_size, or 1 while `auto` is unresolved (housevox.fit's AutoBatchSize resolves it at setup)."""
+        return 1 if self.batch_size == "auto" else self.batch_size
 
     def _build_device(self) -> torch.device:
         """Encode where training will run (the trainer's device); on CPU without a trainer."""
@@ -224,12 +249,14 @@ class SegmentCacheDataModule(L.LightningDataModule):
     def _sampler(self, dataset: SegmentCacheDataset, shuffle: bool) -> SeededBatchSampler:
         trainer = self.trainer
         replicas, rank = (trainer.world_size, trainer.global_rank) if trainer else (1, 0)
-        return SeededBatchSampler([(r["T"], r["L"]) for r in dataset.entries], self.batch_size, self.seed, shuffle,
-                                  num_replicas=replicas, rank=rank)
+        accumulate = trainer.accumulate_grad_batches if trainer is not None and shuffle else 1
+        return SeededBatchSampler([(r["T"], r["L"]) for r in dataset.entries], self.micro_batch_size, self.seed, shuffle,
+                                  num_replicas=replicas, rank=rank, accumulate=accumulate)
 
     def _loader(self, dataset: SegmentCacheDataset, sampler: SeededBatchSampler) -> DataLoader:
         return DataLoader(dataset, batch_sampler=sampler, num_workers=self.num_workers, collate_fn=collate,
-                          persistent_workers=self.num_workers > 0, pin_memory=torch.cuda.is_available())
+                          persistent_workers=self.num_workers > 0, pin_memory=torch.cuda.is_available(),
+                          worker_init_fn=leave_interrupts_to_the_trainer if self.num_workers else None)
 
     def train_dataloader(self) -> DataLoader:
         """Starts at the restored (epoch, batch) position: Lightning builds this iterator before it calls set_epoch."""

@@ -72,7 +72,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p.add_argument("--takes", type=int, default=DEFAULT_TAKES, help=f"takes per model (default {DEFAULT_TAKES})")
     p.add_argument("--embedding", choices=("clap", "vae"), default="clap",
                    help="clap (LAION CLAP from the local Hugging Face cache) or vae (the checkpoint's VAE, no download)")
-    p.add_argument("--clap-model", default=DEFAULT_CLAP, help=f"CLAP model id or folder (default {DEFAULT_CLAP})")
+    p.add_argument("--clap-model", default=DEFAULT_CLAP, help=f"CLAP model folder, or hub id[@revision] fetched on first use (default {DEFAULT_CLAP})")
     p.add_argument("--duration", type=float, default=DEFAULT_DURATION_S,
                    help=f"seconds per take (default {DEFAULT_DURATION_S:g}, the segment length)")
     p.add_argument("--steps", type=int, help="sampling steps (default: the LoRA header's num_inference_steps)")
@@ -80,7 +80,8 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p.add_argument("--guidance-scale", "--cfg", dest="guidance_scale", type=float, default=DEFAULT_GUIDANCE_SCALE,
                    help=f"APG guidance scale, as ACE-Step renders (default {DEFAULT_GUIDANCE_SCALE:g})")
     p.add_argument("--seed", type=int, default=DEFAULT_SEED, help="seed of the first take; take i uses seed + i")
-    p.add_argument("--checkpoint-dir", help="base checkpoint (default: the run config's model.checkpoint_dir)")
+    p.add_argument("--checkpoint-dir", help="base checkpoint folder or model name (default: the run config's "
+                                            "model.checkpoint_dir)")
     p.add_argument("--device", help="torch device (default: cuda if available, else cpu)")
     return p.parse_args(argv)
 

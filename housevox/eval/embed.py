@@ -5,10 +5,12 @@ embedding turns one clip into [n, D] vectors: FAD fits its Gaussian to all vecto
 set (fadtk's per-window convention), the CLAP score compares each vector with the prompt.
 """
 
+from pathlib import Path
 
 import numpy as np
 import torch
 
+from housevox.acestep.hub import split_revision
 from housevox.audio.resample import resample
 from housevox.errors import HousevoxError
 
@@ -26,17 +28,34 @@ class ClapEmbedding:
 
     @classmethod
     def from_pretrained(cls, name: str = DEFAULT_CLAP, device: torch.device | str = "cpu") -> "ClapEmbedding":
-        """Load from the local Hugging Face cache (or a folder) only: an eval never downloads."""
+        """A model folder (never the hub), or a hub repo `name[@revision]` fetched into the Hugging Face cache on
+        first use (transformers downloads through huggingface_hub; HF_HUB_OFFLINE=1 reads the cache only)."""
+        from huggingface_hub.utils import HFValidationError, validate_repo_id
         from transformers import ClapModel, ClapProcessor
 
+        local = Path(name).expanduser().is_dir()
+        repo, revision = (name, None) if local else split_revision(name)
+        if not local:
+            try:
+                validate_repo_id(repo)
+            except HFValidationError:
+                raise HousevoxError(f"CLAP model {name}: no such folder (nor a hub repo id such as {DEFAULT_CLAP})") from None
         try:
-            processor = ClapProcessor.from_pretrained(name, local_files_only=True)
-            model = ClapModel.from_pretrained(name, local_files_only=True)
-        except (OSError, ValueError):  # not cached / not a repo id or folder (HFValidationError is a ValueError)
+            processor = ClapProcessor.from_pretrained(repo, revision=revision, local_files_only=local)
+            model = ClapModel.from_pretrained(repo, revision=revision, local_files_only=local)
+        except (OSError, ValueError):  # not cached and no hub / no such repo or revision / a broken folder
+            fetch = f"hf download {repo}" + (f" --revision {revision}" if revision else "")
             raise HousevoxError(
-                f"CLAP model {name}: not in the local Hugging Face cache nor a model folder; fetch it once "
-                f"(`hf download {name}`) or use --embedding vae") from None
-        return cls(model, processor, name, device)
+                f"CLAP model {name}: {'cannot load the folder' if local else 'not in the local Hugging Face cache and the hub cannot be reached (offline, no network or no such repo)'}; "
+                f"fetch it once (`{fetch}`) or use --embedding vae") from None
+        embedding = cls(model, processor, name, device)
+        if not local:  # the commit the cache resolved: eval.json says which weights scored
+            from huggingface_hub import try_to_load_from_cache
+
+            config = try_to_load_from_cache(repo, "config.json", revision=revision)
+            if isinstance(config, str):
+                embedding.record["revision"] = Path(config).parent.name
+        return embedding
 
     scores_text = True
 

@@ -42,12 +42,15 @@ class RenderSettings:
 
 def render_takes(dit, renderer: Renderer, takes: list[EvalTake], settings: RenderSettings,
                  lora_scale: float) -> list[torch.Tensor]:
-    """One clip [2, S] per take with the adapters at `lora_scale` (0 = the base alone); scale 1 and mode restored after."""
+    """One clip [2, S] per take with the adapters at `lora_scale` (0 = the base alone); scale 1 and mode restored after.
+
+    Takes render in sampler batches (Renderer.render_batch: padded, masked, each take as if alone).
+    """
     was_training = dit.training
     dit.eval()
     set_lora_scale(dit, lora_scale)
     try:
-        return [renderer.render(dit, settings.take(t)) for t in takes]
+        return renderer.render_batch(dit, [settings.take(t) for t in takes])
     finally:
         set_lora_scale(dit, 1.0)
         dit.train(was_training)

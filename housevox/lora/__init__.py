@@ -24,6 +24,7 @@ from housevox.lora.targets import (
     resolve_targets,
     set_adapter_compute_dtype,
     set_lora_scale,
+    set_sample_seeds,
     to_diffusers_path,
     to_original_path,
 )
@@ -31,5 +32,6 @@ from housevox.lora.targets import (
 __all__ = [
     "ADAPTER_TYPES", "AdapterWeights", "LoKrWeights", "ORIGINAL_TO_DIFFUSERS", "LoRAFile", "LoRASettings", "LoRAWeights", "TargetPlan", "apply_lora", "extract_lora",
     "init_lora_weights", "load_lora_into", "open_lora", "read_lora", "resolve_targets", "set_adapter_compute_dtype", "set_lora_scale",
+    "set_sample_seeds",
     "to_diffusers_path", "to_original_path", "write_acestep_lokr", "write_comfyui_file", "write_diffusers_file", "write_peft_folder",
 ]

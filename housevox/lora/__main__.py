@@ -54,12 +54,17 @@ def cmd_inspect(args) -> int:
 
 
 def cmd_convert(args) -> int:
-    from housevox.lora.formats import WRITERS, read_lora
+    from housevox.lora.apps import diffusers_reading
+    from housevox.lora.formats import WRITERS, open_lora, read_lora
 
     weights = read_lora(args.src)
     dtype = DTYPES[args.lora_dtype] if args.lora_dtype else weights.dtype
     out = WRITERS[args.to](args.out, weights.to(dtype), dtype=dtype)
     print(f"wrote {out} ({args.to}, {len(weights.modules)} modules, {str(dtype).removeprefix('torch.')})")
+    if args.to == "peft":
+        reading = diffusers_reading(list(open_lora(out).keys))
+        if reading.verdict != "loads":
+            print(f"note: {reading.line()}")
     return 0
 
 

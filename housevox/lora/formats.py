@@ -5,7 +5,8 @@
   (DoRA adds `lora_magnitude_vector`) or `lokr_w1`, `lokr_w2`, `lokr_w{1,2}_{a,b}` (LoKr).
 - ComfyUI single file: same paths, `lora_down` (= A) / `lora_up` (= B) and a scalar `.alpha`
   per module (ComfyUI scales by alpha/r, and by 1.0 when alpha is missing); DoRA adds
-  `dora_scale` [out, 1] in ComfyUI's convention; LoKr keeps PEFT's factor names plus `.alpha`.
+  `dora_scale` [out, 1] in ComfyUI's convention (fp32 in every file, as the magnitude: SCALE_DTYPE);
+  LoKr keeps PEFT's factor names plus `.alpha`.
 - ACE-Step LoKr file (its handler's LyCORIS loader): `lokr_weights.safetensors`, keys
   `lycoris_<path with _>.lokr_*` / `.alpha`, the LyCORIS settings in the `lokr_config` header.
 - diffusers file (`AceStepPipeline.load_lora_weights`, LoRA only): keys `transformer.<diffusers path>.lora_{A,B}.weight`,
@@ -35,6 +36,7 @@ from torch import Tensor, nn
 
 from housevox.atomic import save_safetensors, write_json
 from housevox.errors import HousevoxError
+from housevox.lora.apps import diffusers_reading
 from housevox.lora.targets import (
     ADAPTER,
     ADAPTER_NAMES,
@@ -55,6 +57,11 @@ ADAPTER_TYPE_KEY = "housevox_adapter_type"
 CONVENTION_KEY = "housevox_convention"
 LOKR_CONVENTION = ("lokr scale alpha/rank of the split factor, 1 when both factors are full (ComfyUI lokr.py, LyCORIS): "
                    "such modules carry PEFT's alpha/r folded into lokr_w1 and alpha = r")
+# Per-row scales (DoRA's magnitude and dora_scale) multiply a whole base row, so their rounding moves every weight
+# of it, not just the learned change: bf16's 0.4 % would cost more than the whole bf16 rounding of the factors.
+# Every file keeps them (and `.alpha`) in fp32, whatever dtype its factors are written in.
+SCALE_DTYPE = torch.float32
+
 DORA_CONVENTION = ("dora_scale = m*(|W0|+eps)/|W0+dW| per output row, for a loader that divides by the base weight's "
                    "norm |W0| (ComfyUI weight_decompose); PEFT's m divides by |W0+dW| (Comfy-Org/ComfyUI#15458 would too)")
 _RESERVED_HEADER_KEYS = ("format", DIFFUSERS_METADATA_KEY, ADAPTER_TYPE_KEY, CONVENTION_KEY, "algo", "lokr_config")
@@ -123,10 +130,11 @@ class LoRAWeights:
         return LoRAWeights(self.modules, self.alpha, self.metadata, magnitude, dora_scale)
 
     def to(self, dtype: torch.dtype) -> "LoRAWeights":
+        """The factors in `dtype`; DoRA's per-row scales stay fp32 (see SCALE_DTYPE)."""
         mods = {p: (a.to(dtype), b.to(dtype)) for p, (a, b) in self.modules.items()}
         return LoRAWeights(mods, dict(self.alpha), dict(self.metadata),
-                           {p: t.to(dtype) for p, t in self.magnitude.items()},
-                           {p: t.to(dtype) for p, t in self.dora_scale.items()})
+                           {p: t.to(SCALE_DTYPE) for p, t in self.magnitude.items()},
+                           {p: t.to(SCALE_DTYPE) for p, t in self.dora_scale.items()})
 
 
 # ComfyUI's weight_decompose adds finfo(fp32).eps to ‖W0‖ (it patches in fp32).
@@ -315,7 +323,7 @@ def write_peft_folder(dir: str | Path, weights: AdapterWeights, dtype: torch.dty
         tensors = _lora_tensors(weights, lambda p, part: key(p, f"{part}.weight"), ("lora_A", "lora_B"), dtype)
         if weights.adapter_type == "dora":
             _missing_dora(weights, weights.magnitude, "PEFT lora_magnitude_vector")
-            tensors.update({key(p, "lora_magnitude_vector"): weights.magnitude[p].to(dtype) for p in weights.modules})
+            tensors.update({key(p, "lora_magnitude_vector"): weights.magnitude[p].to(SCALE_DTYPE) for p in weights.modules})
         config = {**_peft_fields(weights, str), **common, "peft_type": "LORA", "fan_in_fan_out": False,
                   "init_lora_weights": True, "use_rslora": False}
     save_safetensors(tensors, dir / PEFT_WEIGHTS, metadata=_header(weights))
@@ -352,7 +360,8 @@ def write_comfyui_file(path: str | Path, weights: AdapterWeights, dtype: torch.d
         convention = "alpha/rank"
         if weights.adapter_type == "dora":
             _missing_dora(weights, weights.dora_scale, "ComfyUI dora_scale")
-            tensors.update({key(p, "dora_scale"): weights.dora_scale[p].reshape(-1, 1).to(dtype) for p in weights.modules})
+            tensors.update({key(p, "dora_scale"): weights.dora_scale[p].reshape(-1, 1).to(SCALE_DTYPE)
+                            for p in weights.modules})
             convention = DORA_CONVENTION
     save_safetensors(tensors, path, metadata=_header(weights, **{CONVENTION_KEY: convention}))
     return Path(path)
@@ -398,6 +407,9 @@ def write_diffusers_file(path: str | Path, weights: AdapterWeights, dtype: torch
                             "folder or a ComfyUI file")
     tensors = _lora_tensors(weights, lambda p, part: f"transformer.{to_diffusers_path(p)}.{part}.weight",
                             ("lora_A", "lora_B"), dtype)
+    reading = diffusers_reading(list(tensors))
+    if reading.verdict != "loads" or reading.modules != len(weights.modules):
+        raise HousevoxError(f"{path}: not written: {reading.line()}")
     save_safetensors(tensors, path, metadata=_header(weights))
     return Path(path)
 
@@ -502,6 +514,7 @@ class LoRAFile:
     keys: dict[str, tuple[str, str]]  # key -> (ORIGINAL module path, part)
     shapes: dict[str, dict[str, tuple[int, ...]]]  # module -> part -> shape (no alpha)
     dtypes: dict[str, int]  # safetensors dtype name -> number of factor tensors
+    values: dict[str, int]  # safetensors dtype name -> number of values stored in it (alpha scalars aside)
     alpha: dict[str, float]
     ranks: dict[str, int]
     alpha_source: str
@@ -526,7 +539,7 @@ def open_lora(path: str | Path) -> LoRAFile:
         raise HousevoxError(f"{path}: no such file or folder")
     file = find_peft_weights(path) if path.is_dir() else path
     parts: dict[str, dict[str, tuple]] = {}
-    keys, dtypes, alphas = {}, Counter(), {}
+    keys, dtypes, values, alphas = {}, Counter(), Counter(), {}
     try:
         with safe_open(file, framework="pt") as f:
             header = f.metadata() or {}
@@ -538,6 +551,7 @@ def open_lora(path: str | Path) -> LoRAFile:
                 sl = f.get_slice(key)
                 parts.setdefault(module, {})[part] = tuple(sl.get_shape())
                 dtypes[sl.get_dtype()] += 1
+                values[sl.get_dtype()] += math.prod(sl.get_shape())
     except (SafetensorError, OSError) as exc:
         raise HousevoxError(f"{file}: not a readable safetensors file ({exc})") from None
     if not keys:
@@ -550,7 +564,7 @@ def open_lora(path: str | Path) -> LoRAFile:
         _check_module(file, module, have, kind)
     fmt = detect_format(list(keys))
     alpha, ranks, source = _read_alphas(file, fmt, kind, header, alphas, shapes)
-    return LoRAFile(file, fmt, kind, header, keys, shapes, dict(dtypes), alpha, ranks, source)
+    return LoRAFile(file, fmt, kind, header, keys, shapes, dict(dtypes), dict(values), alpha, ranks, source)
 
 
 def read_lora(path: str | Path) -> AdapterWeights:

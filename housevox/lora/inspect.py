@@ -8,6 +8,7 @@ magnitude per output row), so printing that arithmetic settles such questions.
 import math
 from collections import Counter
 
+from housevox.lora.apps import diffusers_reading
 from housevox.lora.formats import CONVENTION_KEY, LoRAFile
 from housevox.lora.targets import ADAPTER_NAMES, module_kind
 
@@ -78,11 +79,10 @@ def describe(lf: LoRAFile) -> list[str]:
         full = sum(1 for parts in shapes.values() if {"lokr_w1", "lokr_w2"} <= set(parts))
         lines.append(f"  {full} of {len(shapes)} modules have both factors full: ComfyUI and LyCORIS apply scale 1 "
                      "there and ignore alpha (housevox folds PEFT's alpha/r into lokr_w1 in those files)")
-    per_value = {_BYTES.get(d) for d in lf.dtypes}
-    if len(per_value) == 1 and None not in per_value:
-        nbytes = per_value.pop()
-        data = params * nbytes
-        line = f"size: {params:,} params x {nbytes} bytes = {data:,} bytes ({data / 1e6:.1f} MB)"
+    if all(d in _BYTES for d in lf.values):
+        data = sum(n * _BYTES[d] for d, n in lf.values.items())
+        terms = " + ".join(f"{n:,} params x {_BYTES[d]} bytes" for d, n in sorted(lf.values.items()))
+        line = f"size: {terms} = {data:,} bytes ({data / 1e6:.1f} MB)"
         if lf.file.is_file():
             size = lf.file.stat().st_size
             line += f"; on disk {size / 1e6:.1f} MB ({size - data:,} bytes of header and alpha scalars)"
@@ -93,6 +93,7 @@ def describe(lf: LoRAFile) -> list[str]:
     )
     if CONVENTION_KEY in lf.header:
         lines.append(f"convention: {lf.header[CONVENTION_KEY]}")
+    lines.append(diffusers_reading(list(lf.keys)).line())
     if lf.metadata:
         lines.append("metadata:")
         lines += [f"  {k}: {v}" for k, v in sorted(lf.metadata.items())]

@@ -21,7 +21,7 @@ from peft.tuners.lora import LoraLayer
 from torch import nn
 
 from housevox.errors import HousevoxError
-from housevox.seeding import derived_generator
+from housevox.seeding import derived_generator, derived_seed
 
 log = logging.getLogger("housevox")
 
@@ -252,6 +252,7 @@ def apply_lora(dit: nn.Module, settings: LoRASettings) -> TargetPlan:
     if not plan.module_paths:
         raise HousevoxError(f"target_modules_str {settings.target_modules_str!r} matches no module of the DiT")
     inject(dit, settings.peft_config(plan.module_paths))
+    _seed_dropout_per_sample(dit)
     trainable = sum(p.numel() for p in dit.parameters() if p.requires_grad)
     c = plan.counts
     log.info(
@@ -259,6 +260,45 @@ def apply_lora(dit: nn.Module, settings: LoRASettings) -> TargetPlan:
         len(plan.module_paths), c["self"], c["cross"], c["mlp"], f"{trainable:,}",
     )
     return plan
+
+
+class SampleSeededDropout(nn.Module):
+    """LoRA input dropout whose mask for each row comes from (that sample's seed, module path).
+
+    A sample gets the same mask whichever batch, position or rank it lands in, so the dropout
+    does not depend on the batch split. The seeds stay set until the next step, so gradient
+    checkpointing's recomputation draws the same masks.
+    """
+
+    def __init__(self, p: float, path: str):
+        super().__init__()
+        self.p, self.path, self.seeds = p, path, None
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not self.training or self.p == 0:
+            return x
+        if self.seeds is None or len(self.seeds) != x.shape[0]:
+            raise RuntimeError(f"{self.path}: LoRA dropout needs one sample seed per row (set_sample_seeds)")
+        keep = torch.stack([
+            torch.rand(x.shape[1:], device=x.device,
+                       generator=torch.Generator(x.device).manual_seed(derived_seed(seed, self.path))) >= self.p
+            for seed in self.seeds])
+        return x * keep.to(x.dtype) / (1 - self.p)
+
+
+def _seed_dropout_per_sample(dit: nn.Module) -> None:
+    for path, layer in lora_layers(dit).items():
+        dropouts = getattr(layer, "lora_dropout", None)  # LoKr has none
+        dropout = dropouts[ADAPTER] if dropouts is not None and ADAPTER in dropouts else None
+        if isinstance(dropout, nn.Dropout) and dropout.p > 0:
+            layer.lora_dropout[ADAPTER] = SampleSeededDropout(dropout.p, path)
+
+
+def set_sample_seeds(dit: nn.Module, seeds: list[int]) -> None:
+    """The per-row seeds of the coming micro-batch, for every sample-seeded LoRA dropout."""
+    for module in dit.modules():
+        if isinstance(module, SampleSeededDropout):
+            module.seeds = seeds
 
 
 def _init_factor(param: torch.Tensor, random: bool, *seed_parts) -> None:

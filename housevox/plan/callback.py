@@ -6,6 +6,8 @@ import lightning as L
 import torch
 
 from housevox.plan.lint import lint_run
+from housevox.train.callbacks import RunProfile
+from housevox.train.eta import WARMUP_STEPS, clock, run_size
 
 log = logging.getLogger("housevox")
 
@@ -38,13 +40,17 @@ class CheckpointingAuto(L.Callback):
 
 
 class RunLint(L.Callback):
-    """Prints the configuration lint before any compute is spent (the V1 alpha-6 story, dead targets...).
+    """Prints the run's size and predicted time (every start), then the configuration lint (the first start)
+    before any compute is spent (the V1 alpha-6 story, dead targets...).
 
     On CUDA it adds the predicted peak memory and step time, checked against the card's own size.
     """
 
     def on_train_start(self, trainer, pl_module) -> None:
-        if not trainer.is_global_zero or trainer.global_step > 0:
+        if not trainer.is_global_zero:
+            return
+        predict_run_time(trainer, pl_module)
+        if trainer.global_step > 0:
             return
         hp = pl_module.hparams
         warnings = lint_run(pl_module.lora_settings, cfg_ratio=hp.cfg_ratio, model_version=pl_module.config.model_version,
@@ -53,7 +59,7 @@ class RunLint(L.Callback):
                             eval_every_n_epochs=hp.eval_every_n_epochs, eval_takes=hp.eval_takes,
                             inference_steps=hp.num_inference_steps, max_epochs=trainer.max_epochs,
                             segments_per_step=getattr(trainer.datamodule, "batch_size", 1) * trainer.accumulate_grad_batches,
-                            quantize_base=hp.quantize_base)
+                            quantize_base=hp.quantize_base, compile=hp.get("compile", False))
         if pl_module.device.type == "cuda":
             notes, memory_warnings = predicted_memory(trainer, pl_module)
             for line in notes:
@@ -72,3 +78,38 @@ def predicted_memory(trainer, pl_module) -> tuple[list[str], list[str]]:
     shape = RunShape.from_settings(settings, batch_size=getattr(datamodule, "batch_size", None) or 1)
     props = torch.cuda.get_device_properties(pl_module.device)
     return memory_lint(pl_module.config.raw, shape, props.total_memory / 2**30, card_for(props.name))
+
+
+def predict_run_time(trainer, pl_module) -> None:
+    """The fit's first lines: segments, steps and epochs, and the predicted time; RunProfile records the prediction."""
+    datamodule = getattr(trainer, "datamodule", None)
+    train_set = getattr(datamodule, "train_set", None)
+    accumulate, total = trainer.accumulate_grad_batches, int(trainer.estimated_stepping_batches)
+    log.info(run_size(len(train_set) if train_set is not None else None, trainer.num_training_batches, accumulate,
+                      trainer.max_epochs, total))
+    seconds, where = predicted_step_seconds(pl_module, getattr(datamodule, "batch_size", None) or 1, accumulate)
+    for profile in (c for c in trainer.callbacks if isinstance(c, RunProfile)):
+        profile.predicted = (seconds, where)
+    left = total - trainer.global_step
+    if seconds is None:
+        log.info("predicted time: %s; the remaining time shows after %d measured steps", where, WARMUP_STEPS + 1)
+    else:
+        log.info("predicted time: %.2f s an optimizer step %s -> %s for the %s steps left (an estimate: counted "
+                 "FLOPs at 40 %% of the card's bf16 peak; validation, exports and previews come on top)",
+                 seconds, where, clock(seconds * left), f"{left:,}")
+
+
+def predicted_step_seconds(pl_module, batch_size: int, accumulate: int) -> tuple[float | None, str]:
+    """(seconds per optimizer step, where) on this CUDA card: the memory predictor's FLOP count of one micro-batch
+    at 40 % of the card's dense bf16 peak, an estimate; None with the reason elsewhere."""
+    device = pl_module.device
+    if device.type != "cuda":
+        return None, f"no prediction on {device.type} (the predictor models CUDA cards)"
+    from housevox.plan.memory import GPUS, RunShape, card_for, predict  # CUDA runs only: keeps fit's import light
+
+    name = torch.cuda.get_device_name(device)
+    card = card_for(name)
+    if card is None:
+        return None, f"no prediction for {name} (known cards: {', '.join(GPUS)})"
+    shape = RunShape.from_settings(dict(pl_module.hparams), batch_size=batch_size)
+    return predict(pl_module.config.raw, shape).step_seconds(GPUS[card][1]) * accumulate, f"on {name}"

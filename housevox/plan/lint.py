@@ -19,6 +19,15 @@ TRAIN_FORWARDS_PER_SEGMENT = 2.0
 XL_FORWARD_TFLOP = 3.68  # one XL DiT forward of a 30 s segment (T 750, L 769), FlopCounterMode
 
 
+COMPILE_COST = (
+    "compile true: the first steps of every fit process (a resume too) compile one DiT block with torch.compile "
+    "(regional: the graph is shared by all blocks), a one-time cost before the speed-up, paid again when a new "
+    "condition length or batch size first reaches it, until dynamo marks them dynamic; measured 4-6 minutes for the "
+    "first step (tiny model, and one XL-width block) on a loaded 2-core CPU (benchmarks/RESULTS.md), not yet "
+    "measured on a GPU. It pays off only on long runs"
+)
+
+
 def eval_cost(eval_every_n_epochs: int, eval_takes: int, inference_steps: int, max_epochs: int,
               total_steps: int, segments_per_step: int) -> str:
     """What fit-time evals cost in DiT forwards, against the training run's own (renders only; VAE and embeddings aside)."""
@@ -56,6 +65,7 @@ def lint_run(
     max_epochs: int | None = None,
     segments_per_step: int = 1,
     quantize_base: str = "none",
+    compile: bool = False,
 ) -> list[str]:
     """Human-readable warnings; an empty list means nothing looks wrong."""
     warnings = adapter_warnings(settings, plan, quantize_base)
@@ -98,6 +108,8 @@ def lint_run(
     if eval_every_n_epochs > 0 and max_epochs and total_steps:
         warnings.append(eval_cost(eval_every_n_epochs, eval_takes, inference_steps, max_epochs, total_steps,
                                   segments_per_step))
+    if compile:
+        warnings.append(COMPILE_COST)
     if save_dtype == torch.float16:
         warnings.append("save dtype float16: small LoRA B values underflow and large ones overflow; use bf16 or fp32")
     return warnings

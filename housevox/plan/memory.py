@@ -456,3 +456,18 @@ def memory_lint(base: dict, shape: RunShape, budget_gib: float | None = None, gp
         warnings.append(f"predicted {p.on_card_gib:.2f} GiB on the card exceeds its {budget_gib:g} GiB: {verdict} "
                         f"(predicted peaks: {peaks})")
     return notes, warnings
+
+
+def auto_batch_size(base: dict, shape: RunShape, budget_gib: float, effective: int) -> tuple[int, str]:
+    """(b, why): the largest micro-batch b dividing `effective` (b × effective/b keeps the step's samples) whose
+    predicted on-card peak (allocated + the CUDA allowance, the lint's margin) fits `budget_gib`; else 1."""
+    larger = []
+    for b in sorted((d for d in range(1, effective + 1) if effective % d == 0), reverse=True):
+        p = predict(base, replace(shape, batch_size=b))
+        if p.on_card_gib <= budget_gib or b == 1:
+            break
+        larger.append(f"batch {b} {p.on_card_gib:.2f} GiB")
+    verdict = "fits" if p.on_card_gib <= budget_gib else "does not fit either (see the lint)"
+    return b, (f"batch_size auto: {b} x accumulate_grad_batches {effective // b} (effective batch {effective} kept): "
+               f"predicted {p.on_card_gib:.2f} GiB on the card at L {shape.cond_len} {verdict} in its {budget_gib:.1f} GiB"
+               + (f"; larger does not ({', '.join(larger)})" if larger else ""))

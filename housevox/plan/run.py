@@ -6,6 +6,7 @@ from pathlib import Path
 
 import torch
 
+from housevox.acestep import hub
 from housevox.errors import HousevoxError, UsageError
 from housevox.lora.targets import LoRASettings, resolve_targets
 from housevox.plan.lint import lint_notes, lint_run
@@ -27,6 +28,8 @@ def base_model(checkpoint_dir: str | None, preset: str | None = None):
     from housevox.acestep.presets import PRESETS
 
     config_file = Path(checkpoint_dir) / "config.json" if checkpoint_dir else None
+    if not preset and checkpoint_dir and not Path(checkpoint_dir).exists() and hub.parse_model_name(checkpoint_dir):
+        config_file = hub.config_file(checkpoint_dir) or config_file  # a model name: its config.json, not its weights
     if preset:
         cfg = AceStepConfig.from_upstream(PRESETS[preset], f"--preset {preset}")
         note = f"model: ACE-Step v1.5 {preset} base (--preset {preset})"
@@ -43,6 +46,11 @@ def base_model(checkpoint_dir: str | None, preset: str | None = None):
     return cfg, build_dit(cfg, device="meta"), cfg.model_version if not cfg.is_turbo else "turbo", note
 
 
+def micro_batch_size(run: dict) -> int:
+    """data.batch_size; `auto` keeps the effective batch of 1 × accumulate (fit picks b dividing it), so plan it as 1."""
+    return 1 if run.get("batch_size") == "auto" else int(run.get("batch_size") or 1)
+
+
 def total_optimizer_steps(run: dict) -> int | None:
     """Optimizer steps of the run from the segments manifest, or None when it cannot be known yet."""
     segments_dir, epochs = run.get("segments_dir"), run.get("max_epochs")
@@ -51,7 +59,7 @@ def total_optimizer_steps(run: dict) -> int | None:
         return None
     with open(manifest) as fh:
         segments = sum(1 for line in fh if line.strip())
-    batches = math.ceil(segments / int(run.get("batch_size") or 1))
+    batches = math.ceil(segments / micro_batch_size(run))
     return math.ceil(batches / int(run.get("accumulate_grad_batches") or 1)) * int(epochs)
 
 
@@ -62,6 +70,7 @@ def lint_config(run: dict, source: str, *, preset: str | None = None, save_dtype
     `gpu_memory` (GiB, else the `gpu` card's size) is the budget the prediction is checked against.
     """
     try:
+        run = {**run, "batch_size": micro_batch_size(run)}
         settings = LoRASettings(**{k: run[k] for k in _LORA_FIELDS if k in run})
         shape = RunShape.from_settings(run)
     except (TypeError, ValueError) as exc:
@@ -77,7 +86,7 @@ def lint_config(run: dict, source: str, *, preset: str | None = None, save_dtype
         save_dtype=save_dtype, scheduler_type=run["scheduler_type"], eval_every_n_epochs=int(run["eval_every_n_epochs"]),
         eval_takes=int(run["eval_takes"]), inference_steps=int(run["num_inference_steps"]),
         max_epochs=run["max_epochs"], segments_per_step=int(run["batch_size"]) * int(run["accumulate_grad_batches"]),
-        quantize_base=run["quantize_base"],
+        quantize_base=run["quantize_base"], compile=bool(run.get("compile")),
     )
     budget = gpu_memory if gpu_memory is not None else (GPUS[gpu][0] if gpu else None)
     memory_notes, memory_warnings = memory_lint(cfg.raw, shape, budget, gpu)

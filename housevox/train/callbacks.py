@@ -13,6 +13,7 @@ from lightning.pytorch.loggers import TensorBoardLogger
 import housevox
 from housevox.atomic import write_json
 from housevox.lora import extract_lora, write_acestep_lokr, write_comfyui_file, write_peft_folder
+from housevox.train.eta import StepClock, clock
 from housevox.train.schedule import lr_factor
 
 log = logging.getLogger("housevox")
@@ -77,7 +78,7 @@ class CosineRestartSchedule(L.Callback):
 
 
 class LossLogger(L.Callback):
-    """Step loss (mean over the accumulated micro-batches), a smoothed loss, lr and grad norm.
+    """Step loss (mean over the step's samples, whatever the split), a smoothed loss, lr and grad norm.
 
     Losses are summed on the device and only read when logged, so the step has no host sync.
     """
@@ -88,11 +89,15 @@ class LossLogger(L.Callback):
         self._count = 0
         self._smooth = None
 
+    def on_train_start(self, trainer, pl_module) -> None:
+        # A resumed run's first micro-batch is no step of its own (with accumulation it only starts one).
+        pl_module._housevox_seen_step = trainer.global_step
+
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
-        loss = outputs["loss"].detach() if isinstance(outputs, dict) else None
-        if loss is not None:
-            self._sum = loss if self._sum is None else self._sum + loss
-            self._count += 1
+        losses = outputs.get("sample_losses") if isinstance(outputs, dict) else None
+        if losses is not None:
+            self._sum = losses.sum() if self._sum is None else self._sum + losses.sum()
+            self._count += losses.numel()
         if not _stepped(pl_module) or self._sum is None:
             return
         step_loss = self._sum / self._count
@@ -241,8 +246,27 @@ class RunCheckpoints(L.Callback):
 
 def export_file(trainer: L.Trainer, epoch: int) -> Path:
     """The ComfyUI single file of an epoch's export: `lora/epoch_NNN/<run>_epoch_NNN.safetensors`."""
+    return export_path(trainer, f"epoch_{epoch:03d}")
+
+
+def export_path(trainer: L.Trainer, name: str) -> Path:
+    """`lora/<name>/<run>_<name>.safetensors`: epoch exports, and the step an interrupted run reached."""
     folder = run_dir(trainer)
-    return folder / "lora" / f"epoch_{epoch:03d}" / f"{folder.name}_epoch_{epoch:03d}.safetensors"
+    return folder / "lora" / name / f"{folder.name}_{name}.safetensors"
+
+
+def write_export(trainer, pl_module, file: Path, metadata: dict[str, str]) -> None:
+    """The adapter as it is now: PEFT folder (fp32) + ComfyUI file (bf16 factors), LoKr also ACE-Step's file."""
+    if not trainer.is_global_zero:
+        return
+    weights = extract_lora(pl_module.dit)
+    weights.metadata.update(metadata)
+    write_peft_folder(file.parent / "adapter", weights, dtype=torch.float32)
+    if weights.adapter_type == "lokr":
+        write_acestep_lokr(file.parent, weights, dtype=torch.float32)
+    # last: readers take a folder with the ComfyUI file as a finished export
+    write_comfyui_file(file, weights, dtype=torch.bfloat16)
+    log.info("LoRA written to %s", file.parent)
 
 
 class LoRAExport(L.Callback):
@@ -256,18 +280,7 @@ class LoRAExport(L.Callback):
         self.exported_epochs: list[int] = []
 
     def export(self, trainer, pl_module, epoch: int) -> None:
-        metadata = training_metadata(trainer, pl_module, epoch)
-        if not trainer.is_global_zero:
-            return
-        file = export_file(trainer, epoch)
-        weights = extract_lora(pl_module.dit)
-        weights.metadata.update(metadata)
-        write_peft_folder(file.parent / "adapter", weights, dtype=torch.float32)
-        if weights.adapter_type == "lokr":
-            write_acestep_lokr(file.parent, weights, dtype=torch.float32)
-        # last: readers take a folder with the ComfyUI file as a finished export
-        write_comfyui_file(file, weights, dtype=torch.bfloat16)
-        log.info("LoRA for epoch %d written to %s", epoch, file.parent)
+        write_export(trainer, pl_module, export_file(trainer, epoch), training_metadata(trainer, pl_module, epoch))
 
     def on_train_epoch_end(self, trainer, pl_module) -> None:
         epoch = trainer.current_epoch + 1
@@ -295,7 +308,8 @@ def training_metadata(trainer, pl_module, epoch: int) -> dict[str, str]:
     datamodule = getattr(trainer, "datamodule", None)
     return {
         "housevox_version": housevox.__version__,
-        "base_model": Path(hp.checkpoint_dir).name,
+        "base_model": pl_module.base_name,
+        **{f"base_model_source_{part}": source for part, source in pl_module.base_sources.items()},
         "base_model_variant": pl_module.config.variant,
         "base_model_hash": pl_module.base_fingerprint[:16],
         "adapter_type": hp.adapter_type, "rank": str(hp.rank), "alpha": str(hp.alpha),
@@ -313,12 +327,18 @@ def training_metadata(trainer, pl_module, epoch: int) -> dict[str, str]:
 
 
 class RunProfile(L.Callback):
-    """Writes `run_profile.json` (device, peak memory, seconds per epoch, total time) for the release card."""
+    """The whole run's remaining time as it goes (progress bar and a line an epoch), and `run_profile.json`
+    (device, peak memory, epoch and step times predicted vs measured, total time, base model) for the card."""
 
     def __init__(self):
         self.seconds_per_epoch: list[float] = []
         self.total_seconds = 0.0
         self.started = None
+        self.total_steps = None
+        self.predicted = (None, "")  # (seconds per optimizer step, where / why not): RunLint's prediction
+        self.measured = (0.0, 0)  # (seconds, steps) timed by earlier invocations of this run
+        self.clock = StepClock()
+        self._seen_step = None
 
     def on_fit_start(self, trainer, pl_module) -> None:
         self._fit_t0 = self._epoch_t0 = time.perf_counter()  # a mid-epoch resume gets no epoch-start hook
@@ -326,6 +346,29 @@ class RunProfile(L.Callback):
         self._base_total = self.total_seconds
         if torch.cuda.is_available():
             torch.cuda.reset_peak_memory_stats()
+
+    def on_train_start(self, trainer, pl_module) -> None:
+        self.total_steps = int(trainer.estimated_stepping_batches)
+        self._warm_from = self._seen_step = trainer.global_step
+        if trainer.is_global_zero:
+            self._show_remaining_in(trainer.progress_bar_callback)
+
+    def _show_remaining_in(self, bar) -> None:
+        """The progress bar's postfix gets the whole run's remaining time, next to the epoch's own."""
+        if bar is None:
+            return
+        metrics = bar.get_metrics
+
+        def with_remaining(trainer, pl_module):
+            left = self.clock.remaining(trainer.global_step, self.total_steps)
+            return {**metrics(trainer, pl_module), **({"run_left": clock(left)} if left is not None else {})}
+
+        bar.get_metrics = with_remaining
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        if trainer.global_step != self._seen_step:
+            self._seen_step = trainer.global_step
+            self.clock.tick(trainer.global_step, trainer.current_epoch, self._warm_from)
 
     def on_train_epoch_start(self, trainer, pl_module) -> None:
         self._epoch_t0 = time.perf_counter()
@@ -335,10 +378,22 @@ class RunProfile(L.Callback):
         self.total_seconds = round(self._base_total + time.perf_counter() - self._fit_t0, 3)
         if trainer.is_global_zero:
             self.write(trainer, pl_module)
+            line = f"run: epoch {trainer.current_epoch + 1}/{trainer.max_epochs}, step {trainer.global_step:,}/{self.total_steps:,}"
+            if self.step_seconds():
+                line += f"; {self.step_seconds():.3g} s a step measured"
+                line += f" (predicted {self.predicted[0]:.3g})" if self.predicted[0] else ""
+            left = self.clock.remaining(trainer.global_step, self.total_steps)
+            log.info(line + (f"; about {clock(left)} left" if left is not None else ""))
+
+    def step_seconds(self) -> float | None:
+        """Mean measured seconds per optimizer step, over this run's invocations."""
+        total, count = self.measured[0] + self.clock.step_sum, self.measured[1] + self.clock.step_count
+        return total / count if count else None
 
     def write(self, trainer, pl_module) -> None:
         device = pl_module.device
         cuda = device.type == "cuda"
+        measured = self.step_seconds()
         write_json(run_dir(trainer) / "run_profile.json", {
             "device": torch.cuda.get_device_name(device) if cuda else "cpu",
             "peak_memory_gib": round(torch.cuda.max_memory_allocated(device) / 2**30, 3) if cuda else None,
@@ -347,14 +402,24 @@ class RunProfile(L.Callback):
             # per finished checkpoint file: seconds the training thread waited, seconds the background write took
             "checkpoint_blocked_seconds": [round(b, 6) for b, _ in getattr(trainer.strategy.checkpoint_io, "timings", [])],
             "checkpoint_write_seconds": [round(w, 6) for _, w in getattr(trainer.strategy.checkpoint_io, "timings", [])],
+            "optimizer_steps": self.total_steps,
+            "step_seconds": {"predicted": round(self.predicted[0], 4) if self.predicted[0] else None,
+                             "predicted_basis": self.predicted[1],
+                             "measured": round(measured, 4) if measured else None,
+                             "measured_steps": self.measured[1] + self.clock.step_count},
             "started": self.started,
             "finished": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+            "base_model": {"checkpoint_dir": str(pl_module.hparams.checkpoint_dir), "name": pl_module.base_name,
+                           "sources": pl_module.base_sources},
         })
 
     def state_dict(self) -> dict:
-        return {"seconds_per_epoch": self.seconds_per_epoch, "total_seconds": self.total_seconds, "started": self.started}
+        return {"seconds_per_epoch": self.seconds_per_epoch, "total_seconds": self.total_seconds, "started": self.started,
+                "measured_step": [self.measured[0] + self.clock.step_sum, self.measured[1] + self.clock.step_count]}
 
     def load_state_dict(self, state_dict: dict) -> None:
         self.seconds_per_epoch = list(state_dict.get("seconds_per_epoch", []))
         self.total_seconds = state_dict.get("total_seconds", 0.0)
         self.started = state_dict.get("started")
+        total, count = state_dict.get("measured_step", [0.0, 0])
+        self.measured = (float(total), int(count))

@@ -2,19 +2,23 @@
 
 The run seed decides everything random: the LoRA initialisation (per module, from
 (run seed, module path)) and every draw of a step (noise, t, CFG dropout, LoRA dropout)
-from (run seed, epoch, batch index). A run's LoRA therefore depends only on its config,
-data, base and seed, and a resumed run repeats the same losses exactly: nothing but the
-loop counters has to survive a crash.
+per sample, from (run seed, epoch, sample index). The loss is a sum over samples divided
+by the micro-batch size, so each sample weighs 1 / (batch_size · accumulate) in its optimizer
+step whatever the split (a short last batch included): 1 × 4, 2 × 2 and 4 × 1 train the same
+LoRA up to float summation order (LoKr's rank dropout, drawn inside PEFT from the global RNG,
+is seeded per micro-batch instead). A run's LoRA depends only on its config, data, base and seed,
+and a resumed run repeats the same losses exactly: nothing but the loop counters has to survive a crash.
 """
 
 import logging
 import secrets
+from pathlib import Path
 
 import lightning as L
 import torch
 from torchmetrics.aggregation import MeanMetric
 
-from housevox.acestep import AceStepConfig, flow, load_dit, load_null_condition, locate_checkpoint, model_dtype
+from housevox.acestep import AceStepConfig, compile_blocks, flow, load_dit, load_null_condition, locate_checkpoint, model_dtype
 from housevox.errors import HousevoxError
 from housevox.lora import (
     LoRASettings,
@@ -23,6 +27,7 @@ from housevox.lora import (
     load_lora_into,
     read_lora,
     set_adapter_compute_dtype,
+    set_sample_seeds,
 )
 from housevox.seeding import derived_generator, derived_seed
 from housevox.train.optim import OPTIMIZERS, build_optimizer
@@ -84,6 +89,7 @@ class HouseVoxLoRA(L.LightningModule):
         quantize_base: str = "none",
         init_lora: str | None = None,
         adapter_compute_dtype: str = "auto",
+        compile: bool = False,
     ):
         """LoRA training of the ACE-Step DiT; the arguments are the seed config's fields.
 
@@ -134,6 +140,8 @@ class HouseVoxLoRA(L.LightningModule):
                 its rank and targets must match, its alphas are kept. Ignored when resuming a checkpoint.
             adapter_compute_dtype: auto (bf16 adapter matmuls on a bf16 base, i.e. on CUDA; fp32 on the CPU), bf16
                 or fp32. The adapter weights, their gradients and optimizer state stay fp32 in every case.
+            compile: torch.compile the DiT's transformer block (regional: one compiled block serves every layer;
+                a one-time compile cost at the first steps, the lint states it). Off until measured on a GPU.
         """
         super().__init__()
         self.save_hyperparameters()
@@ -165,6 +173,7 @@ class HouseVoxLoRA(L.LightningModule):
         if adapter_type == "lokr" and quantize_base == "nf4":
             raise HousevoxError("model.quantize_base: nf4 does not work with adapter_type lokr (PEFT's LoKr cannot add its "
                                 "update to a packed 4-bit weight); use int8 or none")
+        self.base_name, self.base_sources = Path(checkpoint_dir).name, {}  # describe_base refines both
         self.config, self.base_fingerprint = self.describe_base(checkpoint_dir)
         self.run_seed = int(seed) if seed >= 0 else None
         self.seed_was_drawn = False
@@ -181,6 +190,7 @@ class HouseVoxLoRA(L.LightningModule):
     def describe_base(self, checkpoint_dir: str) -> tuple[AceStepConfig, str]:
         """Config and fingerprint of the frozen base (a benchmark overrides this and `load_base`)."""
         ckpt = locate_checkpoint(checkpoint_dir)
+        self.base_name, self.base_sources = ckpt.name, dict(ckpt.sources)  # hub models: the commits resolved
         return ckpt.config, ckpt.fingerprint()
 
     def load_base(self, dtype: torch.dtype, device: torch.device, quantize: str = "none") -> tuple[torch.nn.Module, torch.Tensor]:
@@ -208,6 +218,8 @@ class HouseVoxLoRA(L.LightningModule):
         self.checkpointing = self.choose_checkpointing(device)
         if self.checkpointing:
             dit.enable_gradient_checkpointing()
+        if self.hparams.compile:
+            compile_blocks(dit)
         self.dit = dit.train()
         self.register_buffer("null_condition", null_condition.to(device), persistent=False)
 
@@ -251,47 +263,81 @@ class HouseVoxLoRA(L.LightningModule):
     def trainable_parameters(self):
         return [p for p in self.parameters() if p.requires_grad]
 
-    def flow_loss(self, batch: dict, t: torch.Tensor, noise: torch.Tensor, drop: torch.Tensor | None = None) -> torch.Tensor:
-        """The base-model objective: predict noise − x0 at x_t = t·noise + (1 − t)·x0; `drop` rows get the null condition."""
+    def sample_losses(self, batch: dict, t: torch.Tensor, noise: torch.Tensor,
+                      drop: torch.Tensor | None = None) -> torch.Tensor:
+        """[B] flow-matching losses: predict noise − x0 at x_t = t·noise + (1 − t)·x0; `drop` rows get the null condition.
+
+        A padded batch (`batch["padded"]`, set by the collate) masks each row's padding out of the
+        cross-attention, so each row's loss is its segment's loss alone.
+        """
         dtype = next(self.dit.parameters()).dtype
         x0 = batch["target_latents"].float()
         cond = batch["encoder_hidden_states"]
         if drop is not None:
             null = self.null_condition.to(cond.dtype).expand_as(cond)
             cond = torch.where(drop.view(-1, 1, 1), null, cond)
+        mask = batch["encoder_attention_mask"] if batch.get("padded") else None
         x_t = flow.noisy_latents(x0, noise, t)
         t_in = t.to(dtype)
-        pred = self.dit(x_t.to(dtype), t_in, t_in, cond.to(dtype), batch["context_latents"].to(dtype))
-        return flow.flow_loss(pred, flow.velocity_target(x0, noise))
+        pred = self.dit(x_t.to(dtype), t_in, t_in, cond.to(dtype), batch["context_latents"].to(dtype),
+                        encoder_attention_mask=mask)
+        return flow.sample_losses(pred, flow.velocity_target(x0, noise))
 
-    def _to_device(self, tensor: torch.Tensor) -> torch.Tensor:
-        """Host → device without stalling the stream (pinned + non_blocking on CUDA)."""
-        if self.device.type == "cuda":
-            return tensor.pin_memory().to(self.device, non_blocking=True)
-        return tensor.to(self.device)
+    def flow_loss(self, batch: dict, t: torch.Tensor, noise: torch.Tensor, drop: torch.Tensor | None = None) -> torch.Tensor:
+        """The mean of `sample_losses`."""
+        return self.sample_losses(batch, t, noise, drop).mean()
 
-    def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
+    def sample_draws(self, index: list[int], frames: int, channels: int) -> dict:
+        """Each sample's noise, t and CFG drop from its own generator (run seed, epoch, sample index), on the host.
+
+        Independent of the batch a sample lands in, its position there, the rank and the split.
+        """
+        noise, t, drop = [], [], []
+        for i in index:
+            gen = derived_generator(self.run_seed, self.current_epoch, i)
+            noise.append(torch.randn((frames, channels), generator=gen))
+            t.append(flow.sample_timesteps(1, self.config.timestep_mu, self.config.timestep_sigma, gen))
+            drop.append(torch.rand(1, generator=gen) < self.hparams.cfg_ratio)
+        drop = torch.cat(drop)
+        return {"noise": torch.stack(noise), "t": torch.cat(t), "drop": drop if drop.any() else None,
+                "sample_seeds": [derived_seed(self.run_seed, self.current_epoch, i, "dropout") for i in index]}
+
+    def on_before_batch_transfer(self, batch, dataloader_idx: int):
+        """Draw a training batch's randomness while it is still on the host: no device→host sync in the step."""
+        if self._trainer is not None and self.trainer.training and isinstance(batch, dict) and "noise" not in batch:
+            x0 = batch["target_latents"]
+            batch.update(self.sample_draws(batch["index"].tolist(), x0.shape[1], x0.shape[2]))
+        return batch
+
+    def micro_batch_size(self, batch: dict) -> int:
+        """The configured samples per micro-batch (a short last batch still divides by it)."""
+        datamodule = getattr(self.trainer, "datamodule", None) if self._trainer else None
+        return getattr(datamodule, "micro_batch_size", None) or batch["target_latents"].shape[0]
+
+    def training_step(self, batch: dict, batch_idx: int) -> dict:
+        """{"loss": Σ sample losses / batch_size (Lightning divides by accumulate), "sample_losses": [B], detached}."""
         x0 = batch["target_latents"]
-        gen = derived_generator(self.run_seed, self.current_epoch, batch_idx)
-        torch.manual_seed(derived_seed(self.run_seed, self.current_epoch, batch_idx, "dropout"))  # LoRA/LoKr rank dropout draw from the global RNG
-        noise = torch.randn(x0.shape, generator=gen)
-        t = flow.sample_timesteps(x0.shape[0], self.config.timestep_mu, self.config.timestep_sigma, gen)
-        drop = torch.rand(x0.shape[0], generator=gen) < self.hparams.cfg_ratio  # decided on the host: no sync
-        loss = self.flow_loss(batch, self._to_device(t), self._to_device(noise),
-                              self._to_device(drop) if drop.any() else None)
+        if "noise" not in batch:
+            batch = {**batch, **self.sample_draws(batch["index"].tolist(), x0.shape[1], x0.shape[2])}
+        set_sample_seeds(self.dit, batch["sample_seeds"])
+        # LoKr rank dropout draws from the global RNG: seeded per micro-batch, from its first sample.
+        torch.manual_seed(batch["sample_seeds"][0])
+        losses = self.sample_losses(batch, batch["t"].to(self.device), batch["noise"].to(self.device),
+                                    None if batch["drop"] is None else batch["drop"].to(self.device))
         if self.epoch_loss_epoch != self.current_epoch:
             self.epoch_loss.reset()
             self.epoch_loss_epoch = self.current_epoch
         # The weight as a device tensor made on the device: a Python int would be copied host → device every micro-batch.
-        self.epoch_loss.update(loss.detach(), torch.full_like(loss.detach(), float(x0.shape[0])))
+        mean_loss = losses.detach().mean()
+        self.epoch_loss.update(mean_loss, torch.full_like(mean_loss, float(x0.shape[0])))
         self.log("train/loss_epoch", self.epoch_loss, on_step=False, on_epoch=True, batch_size=x0.shape[0])
-        return loss
+        return {"loss": losses.sum() / self.micro_batch_size(batch), "sample_losses": losses.detach()}
 
     def validation_step(self, batch: dict, batch_idx: int) -> None:
-        """Deterministic: fixed noise per batch, the same t grid every epoch, no CFG dropout."""
+        """Deterministic: fixed noise per sample (whatever the batch size), the same t grid every epoch, no CFG dropout."""
         x0 = batch["target_latents"]
-        gen = derived_generator(VAL_NOISE_SEED, batch_idx)
-        noise = torch.randn(x0.shape, generator=gen).to(self.device)
+        noise = torch.stack([torch.randn(x0.shape[1:], generator=derived_generator(VAL_NOISE_SEED, i))
+                             for i in batch["index"].tolist()]).to(self.device)
         losses = [self.flow_loss(batch, torch.full((x0.shape[0],), t, device=self.device), noise) for t in VAL_TIMESTEPS]
         self.log("val/loss", torch.stack(losses).mean(), on_epoch=True, batch_size=x0.shape[0], sync_dist=True)
 
