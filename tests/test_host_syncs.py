@@ -42,11 +42,16 @@ def test_training_step_has_no_sync_and_the_optimizer_step_one(caplog):
                                optimizer_type="adamw")
     module.configure_model()
     module.run_seed = 3
-    batch = {k: v.unsqueeze(0) for k, v in synthetic_sample(module.config, 40, 12).items()}
     optimizer = module.configure_optimizers()
+    batches = []
+    for i in range(3):  # three micro-batches of one accumulated step, drawn on the host as on_before_batch_transfer does
+        batch = {k: v.unsqueeze(0) for k, v in synthetic_sample(module.config, 40, 12, seed=i).items()}
+        batch["index"] = torch.tensor([i])
+        batches.append({**batch, **module.sample_draws([i], 40, module.config.audio_acoustic_hidden_dim)})
+    assert any(b["drop"] is not None for b in batches) and any(b["drop"] is None for b in batches)
     with Syncs() as micro:
-        for batch_idx in range(3):  # three micro-batches of one accumulated step
-            module.training_step(batch, batch_idx).backward()
+        for batch_idx, batch in enumerate(batches):
+            module.training_step(batch, batch_idx)["loss"].backward()
     assert micro.count == 0
     reference = [p.grad.clone() for p in module.trainable_parameters()]
     with Syncs() as step:
