@@ -228,3 +228,23 @@ def test_lint_states_the_compile_cost_and_plans_batch_size_auto_as_one(tmp_path,
     assert f"predicted peak GPU memory ({RunShape(rank=8).describe()})" in out, "auto is planned at batch 1"
     code, out, _ = cli(["lint", "--config", str(config)], capsys)
     assert code == 0 and "compile true" not in out
+
+
+def test_ddp_ranks_add_the_gradient_buckets_a_single_process_frees():
+    base = base_config("tiny")
+    off = predict(base, RunShape(rank=8, gradient_checkpointing=False))
+    assert off.peak[GRADS] == 0 < off.peak[LORA]  # its peak comes after zero_grad: a single process holds no gradients
+    assert memory.ddp_rank_extra(off) == off.peak[LORA]  # DDP's buckets (the gradients' storage) stay allocated
+    assert memory.ddp_rank_extra(off, bucket_view=False) == off.peak[LORA]
+    on = predict(base, RunShape(rank=8, gradient_checkpointing=True))
+    assert memory.ddp_rank_extra(on) == on.peak[LORA] - on.peak[GRADS]
+    assert memory.ddp_rank_extra(on, bucket_view=False) == on.peak[LORA]  # without the view: a second copy
+    assert memory.on_card_gib(off, 1) == off.on_card_gib
+    assert memory.on_card_gib(off, 4) == pytest.approx(off.on_card_gib + off.peak[LORA] / 2**30)
+    assert not any("per DDP rank" in line for line in memory.describe(off))
+    line = next(line for line in memory.describe(off, ranks=4) if "per DDP rank" in line)
+    assert f"= {memory.on_card_gib(off, 4):.2f} GiB on each card" in line
+    budget = off.on_card_gib + off.peak[LORA] / 2 / 2**30  # fits one process, not a DDP rank
+    shape = RunShape(rank=8, gradient_checkpointing=False)
+    assert memory.memory_lint(base, shape, budget)[1] == []
+    assert "exceeds" in memory.memory_lint(base, shape, budget, ranks=2)[1][0]

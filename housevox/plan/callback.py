@@ -77,7 +77,7 @@ def predicted_memory(trainer, pl_module) -> tuple[list[str], list[str]]:
     settings = {**dict(pl_module.hparams), "gradient_checkpointing": pl_module.checkpointing}  # auto, decided
     shape = RunShape.from_settings(settings, batch_size=getattr(datamodule, "batch_size", None) or 1)
     props = torch.cuda.get_device_properties(pl_module.device)
-    return memory_lint(pl_module.config.raw, shape, props.total_memory / 2**30, card_for(props.name))
+    return memory_lint(pl_module.config.raw, shape, props.total_memory / 2**30, card_for(props.name), trainer.world_size)
 
 
 def predict_run_time(trainer, pl_module) -> None:

@@ -381,6 +381,23 @@ def predict(base: dict, shape: RunShape, dtype: torch.dtype = torch.bfloat16, ro
     return Prediction(shape, peak, flops, tuple(modelled), ops, load)
 
 
+def ddp_rank_extra(p: Prediction, bucket_view: bool = True) -> int:
+    """Bytes one DDP rank holds beyond the single-process peak `p`: the reducer's gradient buckets.
+
+    The buckets are one flat copy of every trainable parameter's gradient, allocated at the first
+    backward and kept for the run. With gradient_as_bucket_view (fit's `strategy: ddp`) the gradients
+    are views of them, so what remains is the part of the gradients a single process has freed at its
+    peak (zero_grad sets them to None); without it the buckets are a second copy beside the gradients.
+    """
+    buckets = p.peak[LORA]  # the gradients have their parameters' dtype and size
+    return max(buckets - p.peak[GRADS], 0) if bucket_view else buckets
+
+
+def on_card_gib(p: Prediction, ranks: int = 1) -> float:
+    """What the card must hold: `p.on_card_gib`, plus the DDP extras when the run has more than one rank."""
+    return p.on_card_gib + (ddp_rank_extra(p) / 2**30 if ranks > 1 else 0.0)
+
+
 def card_for(device_name: str) -> str | None:
     """The GPUS key of a CUDA device name, when known."""
     return next((key for pattern, key in GPU_NAME_PATTERNS if pattern in device_name), None)
@@ -390,8 +407,8 @@ def _gib(n: float) -> str:
     return f"{n / 2**30:.2f} GiB"
 
 
-def describe(p: Prediction, gpu: str | None = None) -> list[str]:
-    """Lines for the lint: the breakdown, the allowance, the total and the predicted step time."""
+def describe(p: Prediction, gpu: str | None = None, ranks: int = 1) -> list[str]:
+    """Lines for the lint: the breakdown, the allowance, the total (per DDP rank too) and the predicted step time."""
     lines = [f"predicted peak GPU memory ({p.shape.describe()}): {_gib(p.allocated)} allocated = "
              + " + ".join(f"{name} {_gib(b)}" for name, b in p.peak.items()),
              f"  + CUDA context/workspace allowance {CUDA_CONTEXT_GIB + CUDA_WORKSPACE_GIB:.2f} GiB "
@@ -400,6 +417,11 @@ def describe(p: Prediction, gpu: str | None = None) -> list[str]:
         lines.append(f"  while loading the base: {_gib(p.load_bytes)} (frozen weights"
                      + (", each block Linear quantised as it arrives: + one in bf16)" if p.shape.quantize_base != "none"
                         else ")") + ", below the training peak")
+    if ranks > 1:
+        lines.append(f"  per DDP rank ({ranks} ranks): + {_gib(ddp_rank_extra(p))} of DDP's gradient buckets "
+                     f"({_gib(p.peak[LORA])}, kept for the run; with gradient_as_bucket_view the gradients are their "
+                     f"views, not a second copy) = {on_card_gib(p, ranks):.2f} GiB on each card; NCCL's own "
+                     f"communication buffers are outside torch's allocator and not counted")
     lines += [f"  modelled, not traced: {m}" for m in p.modelled]
     cards = [gpu] if gpu else ["rtx3090", "h100"]
     times = ", ".join(f"{p.step_seconds(GPUS[c][1]):.3f} s on {c}" for c in cards)
@@ -414,7 +436,8 @@ def describe(p: Prediction, gpu: str | None = None) -> list[str]:
     return lines
 
 
-def cheaper_fits(base: dict, shape: RunShape, budget_gib: float, dtype: torch.dtype = torch.bfloat16) -> list[tuple[str, Prediction]]:
+def cheaper_fits(base: dict, shape: RunShape, budget_gib: float, dtype: torch.dtype = torch.bfloat16, ranks: int = 1
+                 ) -> list[tuple[str, Prediction]]:
     """Changes in order of cost, each predicted, until one fits `budget_gib`; then combined ones if none alone does."""
     options = []
     if not shape.gradient_checkpointing:
@@ -431,43 +454,45 @@ def cheaper_fits(base: dict, shape: RunShape, budget_gib: float, dtype: torch.dt
     for label, option in options:
         p = predict(base, option, dtype)
         tried.append((label, p))
-        if p.on_card_gib <= budget_gib:
+        if on_card_gib(p, ranks) <= budget_gib:
             return tried
     combined = replace(shape, gradient_checkpointing=True, batch_size=1, quantize_base="nf4")
     while True:
         p = predict(base, combined, dtype)
         label = f"gradient_checkpointing, batch_size 1, quantize_base nf4, rank {combined.rank}"
         tried.append((label, p))
-        if p.on_card_gib <= budget_gib or combined.rank <= 8:
+        if on_card_gib(p, ranks) <= budget_gib or combined.rank <= 8:
             return tried
         combined = replace(combined, rank=combined.rank // 2)
 
 
-def memory_lint(base: dict, shape: RunShape, budget_gib: float | None = None, gpu: str | None = None
+def memory_lint(base: dict, shape: RunShape, budget_gib: float | None = None, gpu: str | None = None, ranks: int = 1
                 ) -> tuple[list[str], list[str]]:
-    """(notes, warnings) for the lint: the prediction, and when it exceeds `budget_gib` the cheapest change that fits."""
+    """(notes, warnings) for the lint: the prediction (per rank of a `ranks`-process DDP run), and when it exceeds
+    `budget_gib` the cheapest change that fits."""
     p = predict(base, shape)
-    notes, warnings = describe(p, gpu), []
-    if budget_gib is not None and p.on_card_gib > budget_gib:
-        tried = cheaper_fits(base, shape, budget_gib)
-        fits = [label for label, q in tried if q.on_card_gib <= budget_gib]
-        peaks = "; ".join(f"{label}: {q.on_card_gib:.2f} GiB" for label, q in tried)
+    notes, warnings = describe(p, gpu, ranks), []
+    if budget_gib is not None and on_card_gib(p, ranks) > budget_gib:
+        tried = cheaper_fits(base, shape, budget_gib, ranks=ranks)
+        fits = [label for label, q in tried if on_card_gib(q, ranks) <= budget_gib]
+        peaks = "; ".join(f"{label}: {on_card_gib(q, ranks):.2f} GiB" for label, q in tried)
         verdict = f"cheapest change that fits: {fits[0]}" if fits else "no change tried fits"
-        warnings.append(f"predicted {p.on_card_gib:.2f} GiB on the card exceeds its {budget_gib:g} GiB: {verdict} "
+        warnings.append(f"predicted {on_card_gib(p, ranks):.2f} GiB on the card exceeds its {budget_gib:g} GiB: {verdict} "
                         f"(predicted peaks: {peaks})")
     return notes, warnings
 
 
-def auto_batch_size(base: dict, shape: RunShape, budget_gib: float, effective: int) -> tuple[int, str]:
+def auto_batch_size(base: dict, shape: RunShape, budget_gib: float, effective: int, ranks: int = 1) -> tuple[int, str]:
     """(b, why): the largest micro-batch b dividing `effective` (b × effective/b keeps the step's samples) whose
     predicted on-card peak (allocated + the CUDA allowance, the lint's margin) fits `budget_gib`; else 1."""
     larger = []
     for b in sorted((d for d in range(1, effective + 1) if effective % d == 0), reverse=True):
         p = predict(base, replace(shape, batch_size=b))
-        if p.on_card_gib <= budget_gib or b == 1:
+        if on_card_gib(p, ranks) <= budget_gib or b == 1:
             break
-        larger.append(f"batch {b} {p.on_card_gib:.2f} GiB")
-    verdict = "fits" if p.on_card_gib <= budget_gib else "does not fit either (see the lint)"
+        larger.append(f"batch {b} {on_card_gib(p, ranks):.2f} GiB")
+    need = on_card_gib(p, ranks)
+    verdict = "fits" if need <= budget_gib else "does not fit either (see the lint)"
     return b, (f"batch_size auto: {b} x accumulate_grad_batches {effective // b} (effective batch {effective} kept): "
-               f"predicted {p.on_card_gib:.2f} GiB on the card at L {shape.cond_len} {verdict} in its {budget_gib:.1f} GiB"
+               f"predicted {need:.2f} GiB on the card at L {shape.cond_len} {verdict} in its {budget_gib:.1f} GiB"
                + (f"; larger does not ({', '.join(larger)})" if larger else ""))
