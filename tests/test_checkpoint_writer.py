@@ -2,10 +2,11 @@
 
 import threading
 import time
+from types import SimpleNamespace
 
 import torch
 
-from housevox.train import checkpoint_io
+from housevox.train import checkpoint_io, stopping
 from housevox.train.checkpoint_io import AtomicCheckpointIO
 
 
@@ -53,6 +54,31 @@ def test_at_most_one_write_in_flight_and_same_moment_saves_join_it(tmp_path, mon
     assert writes == [("epoch_001.ckpt", 3), ("last.ckpt", 3), ("last.ckpt", 4)]
     assert torch.load(tmp_path / "last.ckpt", weights_only=True)["global_step"] == 4
     assert sorted(p.name for p in tmp_path.iterdir()) == ["epoch_001.ckpt", "last.ckpt"]
+
+
+def test_a_signal_stop_returns_only_once_its_checkpoint_is_on_disk(tmp_path, monkeypatch):
+    """save_stop_point (Ctrl-C / SIGTERM) reports a last.ckpt that is complete, not one still being written."""
+    release, real = threading.Event(), checkpoint_io.save_torch
+
+    def slow(obj, path):
+        release.wait(10)
+        real(obj, path)
+
+    monkeypatch.setattr(checkpoint_io, "save_torch", slow)
+    for name in ("run_dir", "export_path", "training_metadata", "write_export"):  # the LoRA export is not under test
+        monkeypatch.setattr(stopping, name, {"run_dir": lambda trainer: tmp_path,
+                                             "export_path": lambda trainer, stem: tmp_path / "lora" / stem / "x.safetensors",
+                                             "training_metadata": lambda *args: {},
+                                             "write_export": lambda *args: None}[name])
+    io = AtomicCheckpointIO()
+    (tmp_path / "checkpoints").mkdir()
+    trainer = SimpleNamespace(global_step=5, strategy=SimpleNamespace(checkpoint_io=io),
+                              save_checkpoint=lambda path, weights_only: io.save_checkpoint(_checkpoint(5, 5.0), path))
+    threading.Timer(0.5, release.set).start()
+    ckpt, _ = stopping.save_stop_point(trainer, None, "SIGTERM", 1, write_checkpoint=True)
+    assert release.is_set()
+    assert torch.load(ckpt, weights_only=True)["global_step"] == 5
+    assert io._writer is None  # nothing left in flight for the exit to cut
 
 
 def _xl_shaped_checkpoint(step: int, modules: int = 352, scale: int = 16) -> dict:
