@@ -132,7 +132,7 @@ class Renderer:
         if not decode:
             return [row[None] for row in latents]
         vae_param = next(self.vae.parameters())
-        return [self.vae.decode(row[None].transpose(1, 2).to(vae_param.device, vae_param.dtype)).sample[0].float().cpu()
+        return [decode_tiled(self.vae, row[None].transpose(1, 2).to(vae_param.device, vae_param.dtype))[0].float().cpu()
                 for row in latents]
 
 
@@ -145,10 +145,13 @@ def _sampler_settings(take: Take) -> tuple:
 def borrowed_renderer(dit, checkpoint_dir) -> Iterator[Renderer]:
     """A renderer for a few takes from `dit` mid-training, with the DiT in eval mode while it is out.
 
-    On leaving, the DiT's train/eval mode is restored and the renderer's parts are freed there and
-    then (the CUDA cache emptied), even where a caller's name still holds the renderer.
+    Its gradients are dropped first. On leaving, the DiT's train/eval mode is restored and the
+    renderer's parts are freed there and then (the CUDA cache emptied), even where a caller's name
+    still holds the renderer.
     """
     device = next(dit.parameters()).device
+    for p in dit.parameters():
+        p.grad = None  # the last step's gradients (1.15 GiB on XL) would sit beside the render; the next step remakes them
     renderer = Renderer.from_checkpoint(checkpoint_dir, device)
     was_training = dit.training
     dit.eval()
@@ -161,6 +164,29 @@ def borrowed_renderer(dit, checkpoint_dir) -> Iterator[Renderer]:
         gc.collect()
         if device.type == "cuda":
             torch.cuda.empty_cache()
+
+
+DECODE_TILE_FRAMES = 256  # ~10 s of latents per VAE decode: an fp32 30 s decode would peak at 3.4 GiB
+DECODE_OVERLAP_FRAMES = 32  # context decoded on each side of a tile and cut away (beyond the decoder's reach)
+
+
+@torch.no_grad()
+def decode_tiled(vae, latents: torch.Tensor, tile: int = DECODE_TILE_FRAMES, overlap: int = DECODE_OVERLAP_FRAMES
+                 ) -> torch.Tensor:
+    """VAE decode of latents [B, C, T] in tiles of `tile` frames, each decoded with `overlap` frames of context on
+    both sides that are cut from its audio: bounded memory, and no seams as long as the overlap covers the
+    decoder's receptive field (tests compare it with the whole decode at several lengths)."""
+    frames = latents.shape[-1]
+    if frames <= tile + 2 * overlap:
+        return vae.decode(latents).sample
+    pieces = []
+    for start in range(0, frames, tile):
+        end = min(start + tile, frames)
+        lo, hi = max(start - overlap, 0), min(end + overlap, frames)
+        audio = vae.decode(latents[..., lo:hi]).sample
+        hop = audio.shape[-1] // (hi - lo)  # samples per latent frame (1920 for ACE-Step's Oobleck)
+        pieces.append(audio[..., (start - lo) * hop:(end - lo) * hop])
+    return torch.cat(pieces, dim=-1)
 
 
 def _comment(settings: dict) -> str:

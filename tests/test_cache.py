@@ -194,3 +194,27 @@ def test_segment_audio_is_48k_stereo_exactly_30s(tmp_path):
 def test_missing_manifest_names_the_path(tiny_checkpoint, tmp_path):
     with pytest.raises(HousevoxError, match="manifest.jsonl"):
         build_cache(tmp_path, tiny_checkpoint, tmp_path / "cache")
+
+
+def test_the_encoding_is_in_the_key_and_caches_never_mix_encodings(built, tiny_checkpoint, tmp_path):
+    """fp32 on the CPU keeps the keys caches always had; another encoding (bf16 here, or CUDA) gets its own entries."""
+    import hashlib
+
+    from safetensors import safe_open
+
+    from housevox.data.cache import CACHE_FORMAT_VERSION, REFERENCE_ENCODING, encoding_name
+
+    fields = ("a" * 64, "house", None, {"bpm": 120}, "f" * 64)
+    before = hashlib.sha256(json.dumps([CACHE_FORMAT_VERSION, *fields], sort_keys=True).encode()).hexdigest()
+    assert entry_key(*fields) == entry_key(*fields, REFERENCE_ENCODING) == before
+    assert len({entry_key(*fields, e) for e in (REFERENCE_ENCODING, "bfloat16@cpu", "float32@cuda")}) == 3
+    assert encoding_name(torch.float32, "cuda:1") == "float32@cuda"
+
+    seg = _copy(built, tmp_path)
+    fp32 = {r["file"]: r["key"] for r in read_index(seg / "cache")}
+    report = build_cache(seg, tiny_checkpoint, seg / "cache", default_caption="house", dtype=torch.bfloat16)
+    assert (report.built, report.reused) == (3, 0)
+    bf16 = {r["file"]: r["key"] for r in read_index(seg / "cache")}
+    assert fp32.keys() == bf16.keys() and not set(fp32.values()) & set(bf16.values())
+    with safe_open(seg / "cache" / "entries" / f"{next(iter(bf16.values()))}.safetensors", "pt") as fh:
+        assert fh.metadata()["encoding"] == "bfloat16@cpu"

@@ -59,7 +59,7 @@ def test_the_import_reader_sees_top_level_function_level_and_relative_imports():
 # top and may import anything.
 LAYERS = (
     ("housevox", "housevox.atomic", "housevox.errors", "housevox.jsonfile", "housevox.seeding", "housevox.lyrics",
-     "housevox.audio"),
+     "housevox.audio", "housevox.accelerator"),
     ("housevox.acestep",),
     ("housevox.lora", "housevox.data", "housevox.generate"),
     ("housevox.eval", "housevox.report"),

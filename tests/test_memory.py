@@ -96,6 +96,7 @@ def test_deep_bases_are_extended_linearly_from_two_shallow_traces():
     for category in memory.CATEGORIES:
         assert extended.peak[category] == pytest.approx(full[0][category], rel=0.01, abs=4096)
     assert extended.flops == pytest.approx(full[1], rel=1e-6)
+    assert extended.ops == pytest.approx(full[2], rel=1e-6)  # the op count grows by the same ops per block
 
 
 @pytest.mark.parametrize("mode", ["int8", "nf4"])
@@ -122,6 +123,8 @@ def test_quantisation_changes_only_the_frozen_weights_and_one_dequantised_weight
     assert nf4.peak[LORA] == plain.peak[LORA] and nf4.peak[GRADS] == plain.peak[GRADS]
     assert nf4.peak[ACTIVATIONS] - plain.peak[ACTIVATIONS] == 128 * 64 * 2  # tiny's largest block Linear in bf16
     assert any("nf4 frozen weights" in m for m in nf4.modelled)
+    assert plain.load_bytes == plain.peak[FROZEN] and nf4.load_bytes == nf4.peak[FROZEN] + 128 * 64 * 2
+    assert "while loading the base" in "\n".join(memory.describe(nf4))
 
 
 def test_step_time_follows_the_counted_flops():
@@ -129,6 +132,16 @@ def test_step_time_follows_the_counted_flops():
     on, off = (predict(base, RunShape(rank=8, gradient_checkpointing=c)) for c in (True, False))
     assert on.flops > off.flops > 0  # recompute
     assert off.step_seconds(100.0, 0.5) == pytest.approx(off.flops / 50e12)
+
+
+def test_step_time_has_a_host_term_with_both_bounds():
+    base = base_config("tiny")
+    on, off = (predict(base, RunShape(rank=8, gradient_checkpointing=c)) for c in (True, False))
+    assert on.ops > off.ops > 1000  # recompute issues the forward's ops again
+    assert off.host_seconds == pytest.approx(off.ops * memory.HOST_SECONDS_PER_OP)
+    line = next(line for line in memory.describe(off, "h100") if "host term" in line)
+    gpu = off.step_seconds(memory.GPUS["h100"][1])
+    assert f"{max(gpu, off.host_seconds):.3f}-{gpu + off.host_seconds:.3f} s on h100" in line
 
 
 def cli(argv, capsys):
@@ -215,3 +228,23 @@ def test_lint_states_the_compile_cost_and_plans_batch_size_auto_as_one(tmp_path,
     assert f"predicted peak GPU memory ({RunShape(rank=8).describe()})" in out, "auto is planned at batch 1"
     code, out, _ = cli(["lint", "--config", str(config)], capsys)
     assert code == 0 and "compile true" not in out
+
+
+def test_ddp_ranks_add_the_gradient_buckets_a_single_process_frees():
+    base = base_config("tiny")
+    off = predict(base, RunShape(rank=8, gradient_checkpointing=False))
+    assert off.peak[GRADS] == 0 < off.peak[LORA]  # its peak comes after zero_grad: a single process holds no gradients
+    assert memory.ddp_rank_extra(off) == off.peak[LORA]  # DDP's buckets (the gradients' storage) stay allocated
+    assert memory.ddp_rank_extra(off, bucket_view=False) == off.peak[LORA]
+    on = predict(base, RunShape(rank=8, gradient_checkpointing=True))
+    assert memory.ddp_rank_extra(on) == on.peak[LORA] - on.peak[GRADS]
+    assert memory.ddp_rank_extra(on, bucket_view=False) == on.peak[LORA]  # without the view: a second copy
+    assert memory.on_card_gib(off, 1) == off.on_card_gib
+    assert memory.on_card_gib(off, 4) == pytest.approx(off.on_card_gib + off.peak[LORA] / 2**30)
+    assert not any("per DDP rank" in line for line in memory.describe(off))
+    line = next(line for line in memory.describe(off, ranks=4) if "per DDP rank" in line)
+    assert f"= {memory.on_card_gib(off, 4):.2f} GiB on each card" in line
+    budget = off.on_card_gib + off.peak[LORA] / 2 / 2**30  # fits one process, not a DDP rank
+    shape = RunShape(rank=8, gradient_checkpointing=False)
+    assert memory.memory_lint(base, shape, budget)[1] == []
+    assert "exceeds" in memory.memory_lint(base, shape, budget, ranks=2)[1][0]

@@ -13,6 +13,7 @@ from housevox.acestep.modules import build_dit
 from housevox.acestep.presets import PRESETS
 from housevox.errors import HousevoxError
 from housevox.lora import LoRASettings, apply_lora
+from housevox.plan.memory import measure_load
 from housevox.train.quantize import quantize_frozen_base
 
 BNB_LAYER = {"int8": bnb.nn.Linear8bitLt, "nf4": bnb.nn.Linear4bit}
@@ -75,3 +76,41 @@ def test_module_with_quantized_base_takes_a_step():
     loss.backward()
     assert torch.isfinite(loss)
     assert all(p.grad is not None for p in module.trainable_parameters())
+
+
+@pytest.fixture(scope="module")
+def bf16_checkpoint(tiny_checkpoint, tmp_path_factory):
+    """The tiny checkpoint with bf16 shards, as real checkpoints ship (an fp32 file adds an fp32 host read buffer of the
+    one tensor being read, which LiveBytes counts on the CPU but a GPU never holds)."""
+    import shutil
+
+    from safetensors.torch import load_file, save_file
+
+    folder = tmp_path_factory.mktemp("bf16") / tiny_checkpoint.name
+    shutil.copytree(tiny_checkpoint, folder)
+    for shard in folder.glob("model*.safetensors"):
+        save_file({k: v.to(torch.bfloat16) if v.is_floating_point() else v for k, v in load_file(shard).items()},
+                  str(shard), metadata={"format": "pt"})
+    return folder
+
+
+@pytest.mark.parametrize("mode", ["int8", "nf4"])
+def test_quantise_while_loading_peaks_at_the_quantised_model_plus_one_layer(bf16_checkpoint, mode):
+    peak, final, dit = measure_load(bf16_checkpoint, mode, while_loading=True)
+    old_peak, old_final, old = measure_load(bf16_checkpoint, mode, while_loading=False)
+    layer = max(m.in_features * m.out_features * 2 for m in dit.layers.modules() if isinstance(m, BNB_LAYER[mode]))
+    assert peak <= 1.05 * final + layer
+    assert old_peak > 1.05 * old_final + layer  # loading the whole bf16 base first breaks the promise
+    assert final == old_final
+    mine, theirs = dit.state_dict(), old.state_dict()
+    assert mine.keys() == theirs.keys() and all(torch.equal(mine[k], theirs[k]) for k in mine)  # the same bytes
+    assert dit.is_loaded_in_8bit == (mode == "int8") and dit.is_loaded_in_4bit == (mode == "nf4")
+
+
+def test_int8_quantised_by_rows_is_the_one_call_result():
+    weight = torch.randn(1100, 96, generator=torch.Generator().manual_seed(0)).to(torch.bfloat16)
+    from housevox.train.quantize import _int8_by_rows
+
+    cb, scb, _ = bnb.functional.int8_vectorwise_quant(weight.to(torch.float16))
+    mine = _int8_by_rows(weight)
+    assert torch.equal(mine[0], cb) and torch.equal(mine[1], scb)

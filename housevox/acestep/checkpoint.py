@@ -262,23 +262,48 @@ def check_keys(ws: WeightSet, wanted: dict[str, dict[str, tuple[int, ...]]]) -> 
     return problems
 
 
-def load_part(module: nn.Module, ws: WeightSet, part: str, dtype: torch.dtype, device, exclude: Iterable[str] = ()) -> None:
-    """Fill a meta-device `module` with the tensors of `part`, one shard at a time."""
+def _assign(module: nn.Module, name: str, tensor: torch.Tensor) -> None:
+    """Put `tensor` in place of the (meta) parameter or buffer `name`, as load_state_dict(assign=True) does."""
+    owner_name, _, leaf = name.rpartition(".")
+    try:
+        owner = module.get_submodule(owner_name)
+    except AttributeError:
+        return  # a key this module does not have: ignored, as load_state_dict(strict=False) did
+    if leaf in owner._parameters:
+        owner._parameters[leaf] = nn.Parameter(tensor, requires_grad=owner._parameters[leaf].requires_grad)
+    elif leaf in owner._buffers:
+        owner._buffers[leaf] = tensor
+
+
+def load_part(module: nn.Module, ws: WeightSet, part: str, dtype: torch.dtype, device, exclude: Iterable[str] = (),
+              as_loaded: Callable[[nn.Module, str], None] | None = None) -> None:
+    """Fill a meta-device `module` with the tensors of `part`, one tensor at a time.
+
+    Each tensor is converted, moved and assigned before the next is read, so the load holds the
+    module plus one tensor; `as_loaded(module, name)` runs right after each assignment (the
+    low-memory mode quantises a Linear there, before the next weight arrives).
+    """
     for path, keys in ws.keys_by_file().items():
-        batch = {}
+        wanted = [(key, target[1]) for key in keys if (target := ws.convert(key)) is not None and target[0] == part]
+        if not wanted:
+            continue
+        truncated = f"{path}: cannot read tensors, the file may be truncated"
         try:
-            with safe_open(path, "pt", device="cpu") as fh:
-                for key in keys:
-                    target = ws.convert(key)
-                    if target is not None and target[0] == part:
-                        tensor = fh.get_tensor(key)
-                        if tensor.is_floating_point():
-                            tensor = tensor.to(dtype)
-                        batch[target[1]] = tensor.to(device)
-        except (SafetensorError, OSError, RuntimeError) as exc:
-            raise HousevoxError(f"{path}: cannot read tensors, the file may be truncated ({_short(exc)})") from None
-        if batch:
-            module.load_state_dict(batch, strict=False, assign=True)
+            fh = safe_open(path, "pt", device="cpu")
+        except (SafetensorError, OSError) as exc:
+            raise HousevoxError(f"{truncated} ({_short(exc)})") from None
+        with fh:
+            for key, name in wanted:
+                try:
+                    tensor = fh.get_tensor(key)
+                except (SafetensorError, OSError, RuntimeError) as exc:
+                    raise HousevoxError(f"{truncated} ({_short(exc)})") from None
+                if tensor.is_floating_point():
+                    tensor = tensor.to(dtype)
+                _assign(module, name, tensor.to(device))
+                del tensor
+                if as_loaded is not None:
+                    as_loaded(module, name)
     leftover = [n for n, t in [*module.named_parameters(), *module.named_buffers()] if t.is_meta and n not in set(exclude)]
     if leftover:
         raise HousevoxError(f"{ws.files[0].parent}: no weights for {part} key {leftover[0]}")

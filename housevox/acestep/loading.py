@@ -1,6 +1,7 @@
 """Public loaders: one function per ACE-Step part, all reading through `checkpoint.py`."""
 
 import warnings
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
@@ -47,10 +48,12 @@ def validate_checkpoint(ckpt: CheckpointFolder) -> list[str]:
     return check_keys(ckpt.dit, {"dit": dit}) + check_keys(ckpt.condition_encoder, {"condition_encoder": enc})
 
 
-def load_dit(checkpoint_dir, dtype: torch.dtype = torch.float32, device="cpu") -> AceStepDiT:
+def load_dit(checkpoint_dir, dtype: torch.dtype = torch.float32, device="cpu",
+             as_loaded: Callable[[torch.nn.Module, str], None] | None = None) -> AceStepDiT:
+    """The frozen DiT; `as_loaded(dit, name)` runs after each tensor arrives (quantise-while-loading)."""
     ckpt = open_checkpoint(checkpoint_dir)
     dit = build_dit(ckpt.config)
-    load_part(dit, ckpt.dit, "dit", dtype, device)
+    load_part(dit, ckpt.dit, "dit", dtype, device, as_loaded=as_loaded)
     return dit.eval().requires_grad_(False)
 
 

@@ -108,7 +108,8 @@ def sample_latents(dit, noise: torch.Tensor, encoder_hidden_states: torch.Tensor
         mask = {name: torch.cat([m, m]) for name, m in mask.items()}
     grid = shifted_timesteps(steps, shift, device=noise.device, dtype=noise.dtype)
     x, running = noise, None
-    for t, t_next in zip(grid[:-1], grid[1:]):
+    host_grid = grid.tolist()  # DCW's t on the host, read once here instead of a device sync every step
+    for step, (t, t_next) in enumerate(zip(grid[:-1], grid[1:])):
         batch_x = torch.cat([x, x]) if guided else x
         t_in = t.expand(batch_x.shape[0])
         v = dit(batch_x, t_in, t_in, cond, context, **mask)
@@ -120,6 +121,6 @@ def sample_latents(dit, noise: torch.Tensor, encoder_hidden_states: torch.Tensor
                 v = classifier_free_guidance(v_cond, v_null, guidance_scale)
         x_next = x - v * (t - t_next)
         if dcw:
-            x_next = dcw_correction(x_next, x - v * t, t.item(), dcw_scaler, dcw_high_scaler)
+            x_next = dcw_correction(x_next, x - v * t, host_grid[step], dcw_scaler, dcw_high_scaler)
         x = x_next
     return x

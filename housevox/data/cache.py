@@ -22,7 +22,7 @@ import torch
 from safetensors import SafetensorError, safe_open
 from tqdm import tqdm
 
-from housevox.acestep import load_silence_latent, load_vae, model_dtype, open_checkpoint
+from housevox.acestep import load_silence_latent, load_vae, open_checkpoint
 from housevox.acestep.conditioning import ConditionBuilder, context_latents
 from housevox.atomic import save_safetensors, write_json
 from housevox.audio.channels import downmix_to_stereo
@@ -34,6 +34,8 @@ from housevox.jsonfile import jsonl_rows
 log = logging.getLogger(__name__)
 
 CACHE_FORMAT_VERSION = 1
+CACHE_DTYPE = torch.float32  # every device encodes in fp32 (bf16 latents on CUDA differed from the CPU's)
+REFERENCE_ENCODING = "float32@cpu"
 VAE_SAMPLE_RATE = 48_000
 SEGMENT_SAMPLES = 1_440_000  # exactly 30.0 s at 48 kHz
 LATENT_FRAMES = 750  # 30 s at 25 latent frames/s (Oobleck hop 1920)
@@ -56,10 +58,21 @@ class CacheBuildReport:
     skipped: list[tuple[str, str]] = field(default_factory=list)  # (segment file, reason)
 
 
-def entry_key(audio_sha256: str, caption: str, lyrics: str | None, meta: dict, checkpoint_fingerprint: str) -> str:
-    """sha256 over everything that changes an entry's tensors; `meta` holds bpm/keyscale/timesignature/language."""
-    blob = json.dumps([CACHE_FORMAT_VERSION, audio_sha256, caption, lyrics, meta, checkpoint_fingerprint],
-                      sort_keys=True, ensure_ascii=False)
+def encoding_name(dtype: torch.dtype, device: torch.device | str) -> str:
+    """How an entry's tensors were computed: the encoders' dtype and the device class whose kernels ran them."""
+    return f"{str(dtype).removeprefix('torch.')}@{torch.device(device).type}"
+
+
+def entry_key(audio_sha256: str, caption: str, lyrics: str | None, meta: dict, checkpoint_fingerprint: str,
+              encoding: str = REFERENCE_ENCODING) -> str:
+    """sha256 over everything that changes an entry's tensors; `meta` holds bpm/keyscale/timesignature/language.
+
+    The reference encoding (fp32 on the CPU) keeps the keys caches had before encodings were named;
+    any other is part of the key, so entries encoded differently are never mixed in one cache.
+    """
+    fields = [CACHE_FORMAT_VERSION, audio_sha256, caption, lyrics, meta, checkpoint_fingerprint]
+    blob = json.dumps(fields if encoding == REFERENCE_ENCODING else [*fields, encoding], sort_keys=True,
+                      ensure_ascii=False)
     return hashlib.sha256(blob.encode("utf-8")).hexdigest()
 
 
@@ -188,7 +201,7 @@ def _sha256_file(path: Path) -> str:
     return digest.hexdigest()
 
 
-def _plan_row(row: dict, segments_dir: Path, default_caption: str, fingerprint: str, known: dict) -> dict:
+def _plan_row(row: dict, segments_dir: Path, default_caption: str, fingerprint: str, known: dict, encoding: str) -> dict:
     """The index record for one manifest row; the audio hash is reused while size and mtime are unchanged."""
     path = _segment_path(segments_dir, row["file"])
     try:
@@ -207,7 +220,7 @@ def _plan_row(row: dict, segments_dir: Path, default_caption: str, fingerprint: 
     fields = {name: row.get(field) for field, name in RECORD_FIELDS.items()}
     fields["caption"] = fields["caption"] or default_caption
     meta = {k: fields[k] for k in ("bpm", "keyscale", "timesignature", "language")}
-    key = entry_key(audio_sha, fields["caption"], fields["lyrics"], meta, fingerprint)
+    key = entry_key(audio_sha, fields["caption"], fields["lyrics"], meta, fingerprint, encoding)
     return {"key": key, "entry": f"entries/{key}.safetensors", "file": row["file"], "track": str(row["track"]),
             "segment_index": row.get("segment_index"), "audio_sha256": audio_sha, **stat, **fields}
 
@@ -269,8 +282,10 @@ class _Encoders:
             torch.cuda.empty_cache()
 
 
-def _header_metadata(record: dict, fingerprint: str) -> dict[str, str]:
+def _header_metadata(record: dict, fingerprint: str, encoders_dtype: torch.dtype, encoders_device: torch.device
+                     ) -> dict[str, str]:
     meta = {"key": record["key"], "format_version": str(CACHE_FORMAT_VERSION), "checkpoint_fingerprint": fingerprint,
+            "encoding": encoding_name(encoders_dtype, encoders_device),
             "track": record["track"], "file": record["file"], "segment_index": str(record["segment_index"])}
     meta.update({k: str(record[k]) for k in RECORD_FIELDS.values() if record[k] is not None})
     return meta
@@ -280,8 +295,11 @@ def build_cache(segments_dir, checkpoint_dir, cache_dir, default_caption: str = 
                 dtype: torch.dtype | None = None) -> CacheBuildReport:
     """Make `cache_dir` hold one valid entry per readable manifest row, building only what is missing.
 
-    Encoders run in fp32 on CPU and bf16 on CUDA unless `dtype` says otherwise.
+    Encoders run in fp32 (CACHE_DTYPE) on every device, TF32 off, unless `dtype` says otherwise; the
+    encoding (dtype and device class) is part of each entry's key.
     """
+    device, dtype = torch.device(device), dtype or CACHE_DTYPE
+    encoding = encoding_name(dtype, device)
     segments_dir, cache_dir = Path(segments_dir), Path(cache_dir)
     report = CacheBuildReport()
     rows = _read_manifest(segments_dir, report)
@@ -296,7 +314,7 @@ def build_cache(segments_dir, checkpoint_dir, cache_dir, default_caption: str = 
     records, todo, planned = [], [], set()
     for row in rows:
         try:
-            record = _plan_row(row, segments_dir, default_caption, fingerprint, known)
+            record = _plan_row(row, segments_dir, default_caption, fingerprint, known, encoding)
         except HousevoxError as exc:
             report.skipped.append((row["file"], str(exc)))
             continue
@@ -326,8 +344,9 @@ def _build_entries(todo, segments_dir, checkpoint_dir, cache_dir, fingerprint, d
     failed: set[str] = set()
     if not todo:
         return failed
-    device = torch.device(device)
-    encoders = _Encoders(checkpoint_dir, device, dtype or model_dtype(device))
+    encoders = _Encoders(checkpoint_dir, device, dtype)
+    tf32 = torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32
+    torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = False  # fp32 means fp32 here
     try:
         for record in tqdm(todo, desc="building segment cache", unit="segment", file=sys.stderr, dynamic_ncols=True):
             try:
@@ -337,10 +356,11 @@ def _build_entries(todo, segments_dir, checkpoint_dir, cache_dir, fingerprint, d
                 failed.add(record["key"])
                 continue
             save_safetensors(encoders.build(record, audio), entry_path(cache_dir, record["key"]),
-                             metadata=_header_metadata(record, fingerprint))
+                             metadata=_header_metadata(record, fingerprint, dtype, device))
             report.built += 1
     finally:
         encoders.free()
+        torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = tf32
     return failed
 
 

@@ -22,6 +22,7 @@ from housevox.lora.targets import (
     apply_lora,
     init_lora_weights,
     resolve_targets,
+    set_adapter_compute_dtype,
     set_lora_scale,
     set_sample_seeds,
     to_diffusers_path,
@@ -30,6 +31,7 @@ from housevox.lora.targets import (
 
 __all__ = [
     "ADAPTER_TYPES", "AdapterWeights", "LoKrWeights", "ORIGINAL_TO_DIFFUSERS", "LoRAFile", "LoRASettings", "LoRAWeights", "TargetPlan", "apply_lora", "extract_lora",
-    "init_lora_weights", "load_lora_into", "open_lora", "read_lora", "resolve_targets", "set_lora_scale", "set_sample_seeds",
+    "init_lora_weights", "load_lora_into", "open_lora", "read_lora", "resolve_targets", "set_adapter_compute_dtype", "set_lora_scale",
+    "set_sample_seeds",
     "to_diffusers_path", "to_original_path", "write_acestep_lokr", "write_comfyui_file", "write_diffusers_file", "write_peft_folder",
 ]

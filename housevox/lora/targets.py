@@ -328,6 +328,35 @@ def init_lora_weights(dit: nn.Module, run_seed: int) -> None:
             _init_factor(layer.lora_B[ADAPTER].weight, False)
 
 
+class _AutocastForward:
+    """A PEFT layer's own forward run under autocast: its fp32 adapter weights enter each matmul as `dtype` copies."""
+
+    def __init__(self, forward, dtype: torch.dtype):
+        self.forward, self.dtype = forward, dtype
+
+    def __call__(self, x, *args, **kwargs):
+        with torch.autocast(x.device.type, dtype=self.dtype):
+            return self.forward(x, *args, **kwargs)
+
+
+def set_adapter_compute_dtype(dit: nn.Module, dtype: torch.dtype | None) -> None:
+    """Run the adapters' matmuls in `dtype` (bf16 on a bf16 base) with fp32 master weights; None: PEFT's fp32 math.
+
+    PEFT casts each adapted Linear's bf16 input up to its fp32 weights, so the adapter math of a
+    bf16 base runs as fp32 matmuls with two casts of every activation. With a compute dtype,
+    PEFT's input cast is off and the layer runs under autocast: the small fp32 weights are cast
+    to bf16 per forward, the gradients still land on them in fp32, so the optimizer, checkpoints
+    and exports see fp32 weights exactly as before.
+    """
+    for layer in lora_layers(dit).values():
+        plain = layer.forward.forward if isinstance(layer.forward, _AutocastForward) else layer.forward
+        layer.cast_input_dtype_enabled = dtype is None
+        if dtype is None:
+            layer.__dict__.pop("forward", None)
+        else:
+            layer.forward = _AutocastForward(plain, dtype)
+
+
 def set_lora_scale(dit: nn.Module, scale: float) -> None:
     """Set every adapter's strength to scale·alpha/r (absolute, not cumulative); 0 gives the base output."""
     layers = lora_layers(dit)

@@ -31,7 +31,7 @@ class AutoBatchSize(L.Callback):
         longest = max(row["L"] for row in datamodule.train_set.entries)
         shape = RunShape.from_settings(dict(pl_module.hparams), batch_size=1, cond_len=longest)
         budget = torch.cuda.get_device_properties(device).total_memory / 2**30
-        b, why = auto_batch_size(pl_module.config.raw, shape, budget, effective)
+        b, why = auto_batch_size(pl_module.config.raw, shape, budget, effective, trainer.world_size)
         datamodule.batch_size = b
         trainer.accumulate_grad_batches = effective // b
         log.info("%s", why)

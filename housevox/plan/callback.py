@@ -12,6 +12,33 @@ from housevox.train.eta import WARMUP_STEPS, clock, run_size
 log = logging.getLogger("housevox")
 
 
+CHECKPOINTING_MARGIN = 0.10  # auto keeps checkpointing off only with this share of the card to spare (fragmentation)
+
+
+def checkpointing_needed(pl_module, card_gib: float, batch_size: int = 1) -> bool:
+    """Whether the run's predicted peak without gradient checkpointing misses `card_gib` less the margin; logged."""
+    from housevox.plan.memory import RunShape, predict
+
+    shape = RunShape.from_settings({**dict(pl_module.hparams), "gradient_checkpointing": False}, batch_size=batch_size)
+    peak = predict(pl_module.config.raw, shape).on_card_gib
+    on = peak > (1 - CHECKPOINTING_MARGIN) * card_gib
+    log.info("gradient_checkpointing auto: %s (predicted peak without it %.1f GiB %s %.0f %% of this card's %.1f GiB)",
+             "on" if on else "off", peak, "exceeds" if on else "fits in", 100 * (1 - CHECKPOINTING_MARGIN), card_gib)
+    return on
+
+
+class CheckpointingAuto(L.Callback):
+    """Decides `gradient_checkpointing: auto` on a CUDA card before the model is built (setup precedes configure_model)."""
+
+    def setup(self, trainer, pl_module, stage: str) -> None:
+        device = trainer.strategy.root_device
+        if pl_module.hparams.get("gradient_checkpointing") != "auto" or device.type != "cuda" or pl_module.dit is not None:
+            return
+        card_gib = torch.cuda.get_device_properties(device).total_memory / 2**30
+        batch_size = getattr(getattr(trainer, "datamodule", None), "batch_size", None) or 1
+        pl_module.checkpointing = checkpointing_needed(pl_module, card_gib, batch_size)
+
+
 class RunLint(L.Callback):
     """Prints the run's size and predicted time (every start), then the configuration lint (the first start)
     before any compute is spent (the V1 alpha-6 story, dead targets...).
@@ -47,9 +74,10 @@ def predicted_memory(trainer, pl_module) -> tuple[list[str], list[str]]:
     from housevox.plan.memory import RunShape, card_for, memory_lint  # CUDA runs only: keeps fit's import light
 
     datamodule = getattr(trainer, "datamodule", None)
-    shape = RunShape.from_settings(dict(pl_module.hparams), batch_size=getattr(datamodule, "batch_size", None) or 1)
+    settings = {**dict(pl_module.hparams), "gradient_checkpointing": pl_module.checkpointing}  # auto, decided
+    shape = RunShape.from_settings(settings, batch_size=getattr(datamodule, "batch_size", None) or 1)
     props = torch.cuda.get_device_properties(pl_module.device)
-    return memory_lint(pl_module.config.raw, shape, props.total_memory / 2**30, card_for(props.name))
+    return memory_lint(pl_module.config.raw, shape, props.total_memory / 2**30, card_for(props.name), trainer.world_size)
 
 
 def predict_run_time(trainer, pl_module) -> None:

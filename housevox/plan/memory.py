@@ -44,6 +44,9 @@ CUDA_BLOCK = 512  # the CUDA caching allocator rounds every allocation up to thi
 CUDA_CONTEXT_GIB = 0.50  # allowance: CUDA context + kernels (not in torch's counters)
 CUDA_WORKSPACE_GIB = 0.0625  # allowance: cuBLAS/cuBLASLt workspaces
 EXTRAPOLATE_FROM = (2, 4)  # block counts traced for a deeper base (even: sliding/full pairs)
+# Host time per eager op (Python + dispatcher + launch), measured on this project's 2-core VM (eager linear/mul/add
+# on tiny tensors: 11.3 us per op, benchmarks/RESULTS.md); a CUDA launch adds a few us, not measured (no GPU).
+HOST_SECONDS_PER_OP = 11.3e-6
 UTILISATION = 0.40  # of the dense bf16 peak; the seed's own 3090 run reached ~38 % (benchmarks/RESULTS.md)
 # Cards: (memory GiB, dense bf16 tensor TFLOP/s with fp32 accumulate), from NVIDIA's data sheets/whitepapers.
 GPUS = {"rtx3090": (24.0, 35.6), "rtx4090": (24.0, 165.2), "l4": (22.5, 121.0), "a100-40gb": (40.0, 312.0),
@@ -88,6 +91,7 @@ class LiveBytes(TorchDispatchMode):
         self.round_to = round_to
         self.phase = ACTIVATIONS
         self.flops = 0
+        self.ops = 0  # aten ops dispatched, views aside: what the host must issue one by one in eager mode
         self.current = dict.fromkeys(CATEGORIES, 0)
         self.peak = dict(self.current)
         self._live: dict[int, list] = {}  # id(storage) -> [weakref, category, bytes]
@@ -121,6 +125,7 @@ class LiveBytes(TorchDispatchMode):
 
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
         out = func(*args, **(kwargs or {}))
+        self.ops += not func.is_view  # views launch no kernel
         formula = _FLOP_FORMULAS.get(func._overloadpacket)
         if formula is not None:
             self.flops += formula(*args, **(kwargs or {}), out_val=out)
@@ -129,7 +134,7 @@ class LiveBytes(TorchDispatchMode):
         return out
 
     def _tag_new(self, tensor: torch.Tensor) -> None:
-        if id(tensor.untyped_storage()) not in self._live:
+        if not tensor.is_meta and id(tensor.untyped_storage()) not in self._live:  # meta tensors hold no memory
             self.tag(tensor, self.phase)
 
 
@@ -174,6 +179,8 @@ class Prediction:
     peak: dict
     flops: float
     modelled: tuple[str, ...]
+    ops: float = 0.0  # aten ops of one micro-batch (CPU dispatch of the traced step)
+    load_bytes: int = 0  # peak while loading the base: frozen weights (+ one bf16 Linear being quantised)
 
     @property
     def allocated(self) -> int:
@@ -188,6 +195,11 @@ class Prediction:
     def step_seconds(self, tflops: float, utilisation: float = UTILISATION) -> float:
         """Seconds per micro-batch (forward + backward + recompute) at `utilisation` of a `tflops` peak."""
         return self.flops / (tflops * 1e12 * utilisation)
+
+    @property
+    def host_seconds(self) -> float:
+        """Seconds the host needs to issue the micro-batch's ops one by one (eager PyTorch)."""
+        return self.ops * HOST_SECONDS_PER_OP
 
 
 def _fake_materialise(module: nn.Module, mode: FakeTensorMode, device: str) -> None:
@@ -242,7 +254,7 @@ def measure_steps(module: SyntheticBaseLoRA, shape: RunShape, tracker: LiveBytes
         for k, v in (*batch.items(), ("noise", noise), ("t", t)):
             tracker.tag(v, ACTIVATIONS)
         for _ in range(steps):
-            tracker.flops = 0
+            tracker.flops = tracker.ops = 0
             loss = module.flow_loss(batch, t, noise)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
@@ -256,6 +268,28 @@ def measure_steps(module: SyntheticBaseLoRA, shape: RunShape, tracker: LiveBytes
                         tracker.tag(value, OPTIMIZER)
             tracker.phase = ACTIVATIONS
     return float(tracker.flops)
+
+
+def measure_load(checkpoint_dir, mode: str, while_loading: bool = True) -> tuple[int, int, nn.Module]:
+    """(peak, final) live bytes of loading the DiT in bf16 for `quantize_base: mode`, and the DiT, measured on real
+    tensors by LiveBytes: as housevox loads it (each block Linear quantised as its weight arrives) or, with
+    `while_loading` False, the whole bf16 DiT first. Read tensors are made outside the dispatcher: tagged on arrival."""
+    from housevox.acestep import load_dit
+    from housevox.train.quantize import QuantiseOnArrival, quantize_frozen_base
+
+    tracker = LiveBytes()
+    quantise = QuantiseOnArrival(mode) if while_loading else None
+
+    def arrived(dit: nn.Module, name: str) -> None:
+        owner, _, leaf = name.rpartition(".")
+        tracker.tag(getattr(dit.get_submodule(owner), leaf), FROZEN)
+        if quantise is not None:
+            quantise(dit, name)
+
+    with tracker:
+        dit = load_dit(checkpoint_dir, dtype=torch.bfloat16, as_loaded=arrived)
+        quantize_frozen_base(dit, mode)
+    return sum(tracker.peak.values()), sum(tracker.current.values()), dit
 
 
 def module_for(base: dict, shape: RunShape, weights: str, base_dtype: torch.dtype | None) -> SyntheticBaseLoRA:
@@ -282,8 +316,9 @@ def _quantisable(dit: nn.Module) -> list[nn.Linear]:
     return [m for name, m in dit.layers.named_modules() if type(m) is nn.Linear and ".lora_" not in name]
 
 
-def _trace(base: dict, shape: RunShape, dtype: torch.dtype, round_to: int) -> tuple[dict, float, list[tuple[int, int]]]:
-    """Peak, FLOPs and the quantisable Linears' (out, in) of one fake-tensor trace (cached: suggestions reuse it)."""
+def _trace(base: dict, shape: RunShape, dtype: torch.dtype, round_to: int
+           ) -> tuple[dict, float, int, list[tuple[int, int]]]:
+    """Peak, FLOPs, op count and the quantisable Linears' (out, in) of one fake-tensor trace (cached: suggestions reuse it)."""
     return _cached_trace(json.dumps(base, sort_keys=True), shape, dtype, round_to)
 
 
@@ -300,7 +335,7 @@ def _cached_trace(base_json: str, shape: RunShape, dtype: torch.dtype, round_to:
     _fake_materialise(module, fake, "cpu")
     tracker = LiveBytes(round_to=round_to)
     flops = measure_steps(module, shape, tracker, fake)
-    return dict(tracker.peak), flops, [(m.out_features, m.in_features) for m in _quantisable(module.dit)]
+    return dict(tracker.peak), flops, tracker.ops, [(m.out_features, m.in_features) for m in _quantisable(module.dit)]
 
 
 def predict(base: dict, shape: RunShape, dtype: torch.dtype = torch.bfloat16, round_to: int = CUDA_BLOCK) -> Prediction:
@@ -313,14 +348,15 @@ def predict(base: dict, shape: RunShape, dtype: torch.dtype = torch.bfloat16, ro
     traced = replace(shape, quantize_base="none")
     layers = int(base["num_hidden_layers"])
     if layers > EXTRAPOLATE_FROM[-1]:
-        (low, low_flops, _), (high, high_flops, linears) = (_trace(with_depth(base, n), traced, dtype, round_to)
+        (low, low_flops, low_ops, _), (high, high_flops, high_ops, linears) = (_trace(with_depth(base, n), traced, dtype, round_to)
                                                             for n in EXTRAPOLATE_FROM)
         per_block = (layers - EXTRAPOLATE_FROM[0]) / (EXTRAPOLATE_FROM[1] - EXTRAPOLATE_FROM[0])
         peak = {k: round(low[k] + (high[k] - low[k]) * per_block) for k in CATEGORIES}
         flops = low_flops + (high_flops - low_flops) * per_block
+        ops = low_ops + (high_ops - low_ops) * per_block
         blocks_traced = EXTRAPOLATE_FROM[-1]
     else:
-        cached, flops, linears = _trace(base, traced, dtype, round_to)
+        cached, flops, ops, linears = _trace(base, traced, dtype, round_to)
         peak = dict(cached)
         blocks_traced = layers
     modelled = []
@@ -339,7 +375,27 @@ def predict(base: dict, shape: RunShape, dtype: torch.dtype = torch.bfloat16, ro
         modelled.append(f"{shape.quantize_base} frozen weights from bitsandbytes' layout ({quant / 2**30:.2f} GiB "
                         f"for {full / 2**30:.2f} GiB bf16) + one weight dequantised during its matmul "
                         f"({transient / 2**20:.0f} MiB)")
-    return Prediction(shape, peak, flops, tuple(modelled))
+    # Loading holds the frozen weights and, quantising, one block Linear in bf16 as it arrives (quantise-while-loading;
+    # benchmarks/quantised_load_peak.py measures it on the CPU).
+    load = peak[FROZEN] + (transient if shape.quantize_base != "none" else 0)
+    return Prediction(shape, peak, flops, tuple(modelled), ops, load)
+
+
+def ddp_rank_extra(p: Prediction, bucket_view: bool = True) -> int:
+    """Bytes one DDP rank holds beyond the single-process peak `p`: the reducer's gradient buckets.
+
+    The buckets are one flat copy of every trainable parameter's gradient, allocated at the first
+    backward and kept for the run. With gradient_as_bucket_view (fit's `strategy: ddp`) the gradients
+    are views of them, so what remains is the part of the gradients a single process has freed at its
+    peak (zero_grad sets them to None); without it the buckets are a second copy beside the gradients.
+    """
+    buckets = p.peak[LORA]  # the gradients have their parameters' dtype and size
+    return max(buckets - p.peak[GRADS], 0) if bucket_view else buckets
+
+
+def on_card_gib(p: Prediction, ranks: int = 1) -> float:
+    """What the card must hold: `p.on_card_gib`, plus the DDP extras when the run has more than one rank."""
+    return p.on_card_gib + (ddp_rank_extra(p) / 2**30 if ranks > 1 else 0.0)
 
 
 def card_for(device_name: str) -> str | None:
@@ -351,22 +407,37 @@ def _gib(n: float) -> str:
     return f"{n / 2**30:.2f} GiB"
 
 
-def describe(p: Prediction, gpu: str | None = None) -> list[str]:
-    """Lines for the lint: the breakdown, the allowance, the total and the predicted step time."""
+def describe(p: Prediction, gpu: str | None = None, ranks: int = 1) -> list[str]:
+    """Lines for the lint: the breakdown, the allowance, the total (per DDP rank too) and the predicted step time."""
     lines = [f"predicted peak GPU memory ({p.shape.describe()}): {_gib(p.allocated)} allocated = "
              + " + ".join(f"{name} {_gib(b)}" for name, b in p.peak.items()),
              f"  + CUDA context/workspace allowance {CUDA_CONTEXT_GIB + CUDA_WORKSPACE_GIB:.2f} GiB "
              f"= {p.on_card_gib:.2f} GiB on the card"]
+    if p.load_bytes:
+        lines.append(f"  while loading the base: {_gib(p.load_bytes)} (frozen weights"
+                     + (", each block Linear quantised as it arrives: + one in bf16)" if p.shape.quantize_base != "none"
+                        else ")") + ", below the training peak")
+    if ranks > 1:
+        lines.append(f"  per DDP rank ({ranks} ranks): + {_gib(ddp_rank_extra(p))} of DDP's gradient buckets "
+                     f"({_gib(p.peak[LORA])}, kept for the run; with gradient_as_bucket_view the gradients are their "
+                     f"views, not a second copy) = {on_card_gib(p, ranks):.2f} GiB on each card; NCCL's own "
+                     f"communication buffers are outside torch's allocator and not counted")
     lines += [f"  modelled, not traced: {m}" for m in p.modelled]
     cards = [gpu] if gpu else ["rtx3090", "h100"]
     times = ", ".join(f"{p.step_seconds(GPUS[c][1]):.3f} s on {c}" for c in cards)
     work = "forward + backward" + (" + recompute" if p.shape.gradient_checkpointing else "")
     lines.append(f"predicted step time per micro-batch: {p.flops / 1e12:.2f} TFLOP ({work}) -> {times} "
                  f"(at {UTILISATION:.0%} of the dense bf16 peak)")
+    if p.ops:
+        bounds = ", ".join(f"{max(p.step_seconds(GPUS[c][1]), p.host_seconds):.3f}-"
+                           f"{p.step_seconds(GPUS[c][1]) + p.host_seconds:.3f} s on {c}" for c in cards)
+        lines.append(f"  host term: {p.ops:,.0f} eager ops x {HOST_SECONDS_PER_OP * 1e6:.1f} us (measured per op on a "
+                     f"2-core VM) = {p.host_seconds:.3f} s; step time between max(GPU, host) and GPU + host: {bounds}")
     return lines
 
 
-def cheaper_fits(base: dict, shape: RunShape, budget_gib: float, dtype: torch.dtype = torch.bfloat16) -> list[tuple[str, Prediction]]:
+def cheaper_fits(base: dict, shape: RunShape, budget_gib: float, dtype: torch.dtype = torch.bfloat16, ranks: int = 1
+                 ) -> list[tuple[str, Prediction]]:
     """Changes in order of cost, each predicted, until one fits `budget_gib`; then combined ones if none alone does."""
     options = []
     if not shape.gradient_checkpointing:
@@ -383,43 +454,45 @@ def cheaper_fits(base: dict, shape: RunShape, budget_gib: float, dtype: torch.dt
     for label, option in options:
         p = predict(base, option, dtype)
         tried.append((label, p))
-        if p.on_card_gib <= budget_gib:
+        if on_card_gib(p, ranks) <= budget_gib:
             return tried
     combined = replace(shape, gradient_checkpointing=True, batch_size=1, quantize_base="nf4")
     while True:
         p = predict(base, combined, dtype)
         label = f"gradient_checkpointing, batch_size 1, quantize_base nf4, rank {combined.rank}"
         tried.append((label, p))
-        if p.on_card_gib <= budget_gib or combined.rank <= 8:
+        if on_card_gib(p, ranks) <= budget_gib or combined.rank <= 8:
             return tried
         combined = replace(combined, rank=combined.rank // 2)
 
 
-def memory_lint(base: dict, shape: RunShape, budget_gib: float | None = None, gpu: str | None = None
+def memory_lint(base: dict, shape: RunShape, budget_gib: float | None = None, gpu: str | None = None, ranks: int = 1
                 ) -> tuple[list[str], list[str]]:
-    """(notes, warnings) for the lint: the prediction, and when it exceeds `budget_gib` the cheapest change that fits."""
+    """(notes, warnings) for the lint: the prediction (per rank of a `ranks`-process DDP run), and when it exceeds
+    `budget_gib` the cheapest change that fits."""
     p = predict(base, shape)
-    notes, warnings = describe(p, gpu), []
-    if budget_gib is not None and p.on_card_gib > budget_gib:
-        tried = cheaper_fits(base, shape, budget_gib)
-        fits = [label for label, q in tried if q.on_card_gib <= budget_gib]
-        peaks = "; ".join(f"{label}: {q.on_card_gib:.2f} GiB" for label, q in tried)
+    notes, warnings = describe(p, gpu, ranks), []
+    if budget_gib is not None and on_card_gib(p, ranks) > budget_gib:
+        tried = cheaper_fits(base, shape, budget_gib, ranks=ranks)
+        fits = [label for label, q in tried if on_card_gib(q, ranks) <= budget_gib]
+        peaks = "; ".join(f"{label}: {on_card_gib(q, ranks):.2f} GiB" for label, q in tried)
         verdict = f"cheapest change that fits: {fits[0]}" if fits else "no change tried fits"
-        warnings.append(f"predicted {p.on_card_gib:.2f} GiB on the card exceeds its {budget_gib:g} GiB: {verdict} "
+        warnings.append(f"predicted {on_card_gib(p, ranks):.2f} GiB on the card exceeds its {budget_gib:g} GiB: {verdict} "
                         f"(predicted peaks: {peaks})")
     return notes, warnings
 
 
-def auto_batch_size(base: dict, shape: RunShape, budget_gib: float, effective: int) -> tuple[int, str]:
+def auto_batch_size(base: dict, shape: RunShape, budget_gib: float, effective: int, ranks: int = 1) -> tuple[int, str]:
     """(b, why): the largest micro-batch b dividing `effective` (b × effective/b keeps the step's samples) whose
     predicted on-card peak (allocated + the CUDA allowance, the lint's margin) fits `budget_gib`; else 1."""
     larger = []
     for b in sorted((d for d in range(1, effective + 1) if effective % d == 0), reverse=True):
         p = predict(base, replace(shape, batch_size=b))
-        if p.on_card_gib <= budget_gib or b == 1:
+        if on_card_gib(p, ranks) <= budget_gib or b == 1:
             break
-        larger.append(f"batch {b} {p.on_card_gib:.2f} GiB")
-    verdict = "fits" if p.on_card_gib <= budget_gib else "does not fit either (see the lint)"
+        larger.append(f"batch {b} {on_card_gib(p, ranks):.2f} GiB")
+    need = on_card_gib(p, ranks)
+    verdict = "fits" if need <= budget_gib else "does not fit either (see the lint)"
     return b, (f"batch_size auto: {b} x accumulate_grad_batches {effective // b} (effective batch {effective} kept): "
-               f"predicted {p.on_card_gib:.2f} GiB on the card at L {shape.cond_len} {verdict} in its {budget_gib:.1f} GiB"
+               f"predicted {need:.2f} GiB on the card at L {shape.cond_len} {verdict} in its {budget_gib:.1f} GiB"
                + (f"; larger does not ({', '.join(larger)})" if larger else ""))

@@ -149,9 +149,15 @@ class NonFiniteLossGuard(L.Callback):
 
     def on_before_optimizer_step(self, trainer, pl_module, optimizer) -> None:
         grads = [p.grad for p in pl_module.trainable_parameters() if p.grad is not None]
-        if not grads or bool(torch.isfinite(torch.stack(torch._foreach_norm(grads))).all()):  # one sync per step
+        if not grads:
             self.in_a_row = 0
             return
+        norm = torch.nn.utils.get_total_norm(grads)  # non-finite iff a gradient is; clipping reuses it
+        pl_module.step_grad_norm = norm
+        if bool(torch.isfinite(norm)):  # the step's one host sync
+            self.in_a_row = 0
+            return
+        pl_module.step_grad_norm = None
         for p in pl_module.trainable_parameters():
             p.grad = None  # both optimizers skip parameters without a gradient: the step is a no-op
         self.in_a_row += 1
@@ -173,10 +179,13 @@ class NonFiniteLossGuard(L.Callback):
 
 
 class RunCheckpoints(L.Callback):
-    """`last.ckpt` every N optimizer steps and at each epoch end; `epoch_NNN.ckpt` every `save_every`, keeping K."""
+    """`last.ckpt` every N optimizer steps, every M minutes and at each epoch end; `epoch_NNN.ckpt` every `save_every`,
+    keeping K. Saves are written in the background (AtomicCheckpointIO), right after an optimizer step."""
 
     def __init__(self, keep: int = 3):
         self.keep = keep
+        self._seen_step = self._saved_step = None
+        self._last_save = time.monotonic()
 
     def _folder(self, trainer) -> Path:
         return run_dir(trainer) / "checkpoints"
@@ -187,16 +196,40 @@ class RunCheckpoints(L.Callback):
             for path in run_dir(trainer).rglob(".*.tmp"):
                 path.unlink(missing_ok=True)
 
+    def on_train_start(self, trainer, pl_module) -> None:
+        # A resumed run restarts after an optimizer step: no save until the next one.
+        self._seen_step = self._saved_step = trainer.global_step
+        self._last_save = time.monotonic()
+
+    def on_before_optimizer_step(self, trainer, pl_module, optimizer) -> None:
+        """The step about to change the saved tensors in place: a background save must have copied them by now."""
+        fence = getattr(trainer.strategy.checkpoint_io, "wait_for_copy", None)
+        if fence is not None:
+            fence()
+
+    def _time_due(self, trainer, pl_module) -> bool:
+        minutes = pl_module.hparams.checkpoint_every_minutes
+        if not minutes:
+            return False
+        due = time.monotonic() - self._last_save >= 60 * minutes
+        # Every rank must join the save (a collective): rank zero's clock decides, once per optimizer step.
+        return bool(trainer.strategy.broadcast(due, src=0)) if trainer.world_size > 1 else due
+
+    def _save(self, trainer, path: Path) -> None:
+        trainer.save_checkpoint(path, weights_only=False)
+        self._saved_step = trainer.global_step
+        self._last_save = time.monotonic()
+
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
-        every = pl_module.hparams.checkpoint_every_n_steps
         step = trainer.global_step
+        stepped, self._seen_step = step != self._seen_step, step
         # Not after an epoch's last batch: Lightning resumes such a checkpoint in the next epoch, skipping this
         # epoch's validation, LoRA export and epoch checkpoint; on_train_epoch_end writes last.ckpt after them.
-        if batch_idx + 1 >= trainer.num_training_batches:
+        if not stepped or not step or batch_idx + 1 >= trainer.num_training_batches or self._saved_step == step:
             return
-        if every and step and step % every == 0 and getattr(self, "_saved_step", None) != step:
-            self._saved_step = step
-            trainer.save_checkpoint(self._folder(trainer) / "last.ckpt", weights_only=False)
+        every = pl_module.hparams.checkpoint_every_n_steps
+        if (every and step % every == 0) or self._time_due(trainer, pl_module):
+            self._save(trainer, self._folder(trainer) / "last.ckpt")
 
     def on_train_epoch_end(self, trainer, pl_module) -> None:
         if not _epoch_complete(trainer):
@@ -204,11 +237,11 @@ class RunCheckpoints(L.Callback):
         folder = self._folder(trainer)
         epoch = trainer.current_epoch + 1
         if epoch % pl_module.hparams.save_every == 0:
-            trainer.save_checkpoint(folder / f"epoch_{epoch:03d}.ckpt", weights_only=False)
-            if trainer.is_global_zero:
-                for old in sorted(folder.glob("epoch_*.ckpt"))[: -self.keep]:
+            self._save(trainer, folder / f"epoch_{epoch:03d}.ckpt")
+            if trainer.is_global_zero:  # the new file may still be on its way (written in the background)
+                for old in sorted({*folder.glob("epoch_*.ckpt"), folder / f"epoch_{epoch:03d}.ckpt"})[: -self.keep]:
                     old.unlink(missing_ok=True)
-        trainer.save_checkpoint(folder / "last.ckpt", weights_only=False)
+        self._save(trainer, folder / "last.ckpt")
 
 
 def export_file(trainer: L.Trainer, epoch: int) -> Path:
@@ -366,6 +399,9 @@ class RunProfile(L.Callback):
             "peak_memory_gib": round(torch.cuda.max_memory_allocated(device) / 2**30, 3) if cuda else None,
             "seconds_per_epoch": self.seconds_per_epoch,
             "total_seconds": self.total_seconds,
+            # per finished checkpoint file: seconds the training thread waited, seconds the background write took
+            "checkpoint_blocked_seconds": [round(b, 6) for b, _ in getattr(trainer.strategy.checkpoint_io, "timings", [])],
+            "checkpoint_write_seconds": [round(w, 6) for _, w in getattr(trainer.strategy.checkpoint_io, "timings", [])],
             "optimizer_steps": self.total_steps,
             "step_seconds": {"predicted": round(self.predicted[0], 4) if self.predicted[0] else None,
                              "predicted_basis": self.predicted[1],

@@ -20,15 +20,30 @@ from torchmetrics.aggregation import MeanMetric
 
 from housevox.acestep import AceStepConfig, compile_blocks, flow, load_dit, load_null_condition, locate_checkpoint, model_dtype
 from housevox.errors import HousevoxError
-from housevox.lora import LoRASettings, apply_lora, init_lora_weights, load_lora_into, read_lora, set_sample_seeds
+from housevox.lora import (
+    LoRASettings,
+    apply_lora,
+    init_lora_weights,
+    load_lora_into,
+    read_lora,
+    set_adapter_compute_dtype,
+    set_sample_seeds,
+)
 from housevox.seeding import derived_generator, derived_seed
 from housevox.train.optim import OPTIMIZERS, build_optimizer
-from housevox.train.quantize import QUANTIZE_MODES, quantize_frozen_base
+from housevox.train.quantize import QUANTIZE_MODES, QuantiseOnArrival, quantize_frozen_base
 
 log = logging.getLogger("housevox")
 
 VAL_TIMESTEPS = (0.1, 0.3, 0.5, 0.7, 0.9)
 VAL_NOISE_SEED = 20260501
+ADAPTER_COMPUTE_DTYPES = {"auto": None, "bf16": torch.bfloat16, "fp32": torch.float32}
+
+
+def adapter_compute_dtype(setting: str, base_dtype: torch.dtype) -> torch.dtype | None:
+    """The dtype the adapters' matmuls run in (None: PEFT's fp32); `auto` follows the base (bf16 on CUDA)."""
+    dtype = ADAPTER_COMPUTE_DTYPES[setting] or (torch.bfloat16 if base_dtype == torch.bfloat16 else torch.float32)
+    return None if dtype == torch.float32 else dtype
 
 
 def flow_sample_losses(dit, batch: dict, t: torch.Tensor, noise: torch.Tensor,
@@ -79,7 +94,7 @@ class HouseVoxLoRA(L.LightningModule):
         shift: float = 1.0,
         num_inference_steps: int = 50,
         seed: int = -1,
-        gradient_checkpointing: bool = True,
+        gradient_checkpointing: bool | str = "auto",
         offload_encoder: bool = False,
         save_every: int = 5,
         log_every: int = 10,
@@ -89,10 +104,12 @@ class HouseVoxLoRA(L.LightningModule):
         eval_takes: int = 8,
         eval_embedding: str = "clap",
         checkpoint_every_n_steps: int = 50,
+        checkpoint_every_minutes: float = 10.0,
         max_nonfinite_steps: int = 10,
         min_8bit_size: int = 4096,
         quantize_base: str = "none",
         init_lora: str | None = None,
+        adapter_compute_dtype: str = "auto",
         compile: bool = False,
     ):
         """LoRA training of the ACE-Step DiT; the arguments are the seed config's fields.
@@ -122,7 +139,9 @@ class HouseVoxLoRA(L.LightningModule):
             shift: inference timestep shift, stored in LoRA metadata (not used by the loss).
             num_inference_steps: inference steps, stored in LoRA metadata (not used by the loss).
             seed: run seed; -1 draws one, logs it and stores it in checkpoints.
-            gradient_checkpointing: recompute DiT block activations in backward to save memory.
+            gradient_checkpointing: recompute DiT block activations in backward to save memory (+~48 % FLOPs);
+                auto: off when the predicted peak without it fits the card with 10 % to spare, on otherwise,
+                and off on the CPU (no card to fit); the fit's log says which and why.
             offload_encoder: accepted for seed compatibility; encoders only ever live while the cache is built.
             save_every: export the LoRA every N epochs (and at the end).
             log_every: log step loss every N optimizer steps.
@@ -134,11 +153,14 @@ class HouseVoxLoRA(L.LightningModule):
             eval_takes: takes rendered per scored export (and once for the base).
             eval_embedding: clap (laion/larger_clap_music from the local Hugging Face cache) or vae.
             checkpoint_every_n_steps: write last.ckpt every N optimizer steps.
+            checkpoint_every_minutes: also write last.ckpt when this many minutes passed since the last save (0 = off).
             max_nonfinite_steps: stop after this many non-finite steps in a row.
             min_8bit_size: tensors with fewer elements keep fp32 Adam state in adamw8bit.
             quantize_base: low-memory mode for 8-16 GB cards: none, int8 or nf4 (bitsandbytes) frozen base under the LoRA.
             init_lora: start a new run from this LoRA (PEFT folder, ComfyUI or diffusers file) instead of zero;
                 its rank and targets must match, its alphas are kept. Ignored when resuming a checkpoint.
+            adapter_compute_dtype: auto (bf16 adapter matmuls on a bf16 base, i.e. on CUDA; fp32 on the CPU), bf16
+                or fp32. The adapter weights, their gradients and optimizer state stay fp32 in every case.
             compile: torch.compile the DiT's transformer block (regional: one compiled block serves every layer;
                 a one-time compile cost at the first steps, the lint states it). Off until measured on a GPU.
         """
@@ -162,6 +184,11 @@ class HouseVoxLoRA(L.LightningModule):
             raise HousevoxError(f"model.eval_embedding: {eval_embedding!r} is not clap or vae")
         if eval_every_n_epochs and eval_takes < 2:
             raise HousevoxError(f"model.eval_takes: {eval_takes} must be at least 2 (FAD needs two takes)")
+        if adapter_compute_dtype not in ADAPTER_COMPUTE_DTYPES:
+            raise HousevoxError(f"model.adapter_compute_dtype: {adapter_compute_dtype!r} is not one of "
+                                f"{', '.join(ADAPTER_COMPUTE_DTYPES)}")
+        if not isinstance(gradient_checkpointing, bool) and gradient_checkpointing != "auto":
+            raise HousevoxError(f"model.gradient_checkpointing: {gradient_checkpointing!r} is not true, false or auto")
         if quantize_base not in QUANTIZE_MODES:
             raise HousevoxError(f"model.quantize_base: {quantize_base!r} is not one of {', '.join(QUANTIZE_MODES)}")
         if adapter_type == "lokr" and quantize_base == "nf4":
@@ -173,6 +200,8 @@ class HouseVoxLoRA(L.LightningModule):
         self.seed_was_drawn = False
         self.dit = None
         self.plan = None
+        self.checkpointing = None  # gradient_checkpointing resolved (auto decided) in configure_model
+        self.step_grad_norm = None  # this step's total gradient norm, from the non-finite guard, for clipping
         self.strict_loading = False  # checkpoints hold the LoRA only, never the frozen base
         # The epoch's mean loss; its running sum goes into checkpoints, so a mid-epoch resume reports
         # (and writes into the LoRA metadata) the same train/loss_epoch as an uninterrupted run.
@@ -185,28 +214,48 @@ class HouseVoxLoRA(L.LightningModule):
         self.base_name, self.base_sources = ckpt.name, dict(ckpt.sources)  # hub models: the commits resolved
         return ckpt.config, ckpt.fingerprint()
 
-    def load_base(self, dtype: torch.dtype, device: torch.device) -> tuple[torch.nn.Module, torch.Tensor]:
-        """The frozen DiT and the null condition [1, E] used for CFG dropout."""
+    def load_base(self, dtype: torch.dtype, device: torch.device, quantize: str = "none") -> tuple[torch.nn.Module, torch.Tensor]:
+        """The frozen DiT (its block Linears quantised as they load, for int8/nf4) and the null condition [1, E]."""
         checkpoint_dir = self.hparams.checkpoint_dir
-        return load_dit(checkpoint_dir, dtype=dtype, device=device), load_null_condition(checkpoint_dir)[0]
+        as_loaded = QuantiseOnArrival(quantize) if quantize != "none" else None
+        return (load_dit(checkpoint_dir, dtype=dtype, device=device, as_loaded=as_loaded),
+                load_null_condition(checkpoint_dir)[0])
 
     def configure_model(self) -> None:
         if self.dit is not None:
             return
         device = self.trainer.strategy.root_device if self._trainer else torch.device("cpu")
-        dit, null_condition = self.load_base(model_dtype(device), device)
-        if self.hparams.quantize_base != "none":
+        dit, null_condition = self.load_base(model_dtype(device), device, self.hparams.quantize_base)
+        base_dtype = next(p.dtype for p in dit.parameters() if p.is_floating_point())
+        if device.type == "cuda":  # TF32 for what stays fp32 (the loss, the norms): deterministic, ~10-bit mantissa
+            torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True
+        if self.hparams.quantize_base != "none":  # what the load did not quantise yet (a base built in memory)
             quantize_frozen_base(dit, self.hparams.quantize_base)
         self.plan = apply_lora(dit, self.lora_settings)
+        set_adapter_compute_dtype(dit, adapter_compute_dtype(self.hparams.adapter_compute_dtype, base_dtype))
         init_lora_weights(dit, self.ensure_run_seed())
         if self.hparams.init_lora:
             load_lora_into(dit, read_lora(self.hparams.init_lora), source=str(self.hparams.init_lora))
-        if self.hparams.gradient_checkpointing:
+        self.checkpointing = self.choose_checkpointing(device)
+        if self.checkpointing:
             dit.enable_gradient_checkpointing()
         if self.hparams.compile:
             compile_blocks(dit)
         self.dit = dit.train()
         self.register_buffer("null_condition", null_condition.to(device), persistent=False)
+
+    def choose_checkpointing(self, device: torch.device) -> bool:
+        """`gradient_checkpointing` as set; for `auto`, what the planner decided (plan.callback.CheckpointingAuto,
+        from the predicted peak on this card), else on for CUDA (the safe side) and off on the CPU."""
+        setting = self.hparams.gradient_checkpointing
+        if isinstance(setting, bool):
+            return setting
+        if self.checkpointing is not None:
+            return self.checkpointing
+        on = device.type == "cuda"
+        log.info("gradient_checkpointing auto: %s (%s)", "on" if on else "off",
+                 "no memory plan for this card" if on else f"training on the {device.type}: no card memory to fit")
+        return on
 
     def ensure_run_seed(self) -> int:
         """Draw `seed: -1` before the adapters exist, since they are initialised from it; every rank gets rank 0's draw.
@@ -284,7 +333,9 @@ class HouseVoxLoRA(L.LightningModule):
         if self.epoch_loss_epoch != self.current_epoch:
             self.epoch_loss.reset()
             self.epoch_loss_epoch = self.current_epoch
-        self.epoch_loss.update(losses.detach().mean(), x0.shape[0])
+        # The weight as a device tensor made on the device: a Python int would be copied host → device every micro-batch.
+        mean_loss = losses.detach().mean()
+        self.epoch_loss.update(mean_loss, torch.full_like(mean_loss, float(x0.shape[0])))
         self.log("train/loss_epoch", self.epoch_loss, on_step=False, on_epoch=True, batch_size=x0.shape[0])
         return {"loss": losses.sum() / self.micro_batch_size(batch), "sample_losses": losses.detach()}
 
@@ -301,11 +352,17 @@ class HouseVoxLoRA(L.LightningModule):
                                self.hparams.weight_decay, self.hparams.min_8bit_size)
 
     def configure_gradient_clipping(self, optimizer, gradient_clip_val=None, gradient_clip_algorithm=None) -> None:
+        """Clip with the norm the non-finite guard already computed for this step (one norm per step), as
+        clip_grad_norm_ does: get_total_norm, then clip_grads_with_norm_."""
         params = [p for p in self.trainable_parameters() if p.grad is not None]
+        norm, self.step_grad_norm = self.step_grad_norm, None
         if not params:
             return
+        if norm is None:
+            norm = torch.nn.utils.get_total_norm([p.grad for p in params])
         max_norm = self.hparams.max_grad_norm if self.hparams.max_grad_norm > 0 else float("inf")
-        self.last_grad_norm = torch.nn.utils.clip_grad_norm_(params, max_norm)
+        torch.nn.utils.clip_grads_with_norm_(params, max_norm, norm)
+        self.last_grad_norm = norm
 
     def run_identity(self) -> dict:
         """What a checkpoint must agree on to be resumed into this module."""

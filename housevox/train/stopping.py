@@ -5,7 +5,7 @@ it), so the micro-batch in flight is finished, and so are the rest of its step's
 (at most accumulate_grad_batches - 1 more). Then `last.ckpt` is written at that step and the LoRA reached
 goes to `lora/step_NNNNNN/` with `interrupted` in its metadata. Further signals while saving only print
 a note: every write is atomic and is allowed to complete. `save_stop_point` is the one place the stop
-writes, so a background checkpoint writer only has to be drained there.
+writes, and it waits for the background checkpoint writer (train/checkpoint_io.py) before reporting.
 """
 
 import logging
@@ -92,4 +92,9 @@ def save_stop_point(trainer, pl_module, signal_name: str, epochs_done: int, writ
     metadata = training_metadata(trainer, pl_module, epochs_done)
     metadata["interrupted"] = f"{signal_name} at step {step}"
     write_export(trainer, pl_module, file, metadata)
+    # The checkpoint may be in a background write (this one, or RunCheckpoints' at an epoch end): the stop
+    # reports it only once it is on disk, renamed into place; a write error surfaces here, not after the exit.
+    wait_for_writes = getattr(trainer.strategy.checkpoint_io, "wait", None)
+    if wait_for_writes is not None:
+        wait_for_writes()
     return ckpt, file.parent

@@ -80,7 +80,7 @@ class SyntheticBaseLoRA(HouseVoxLoRA):
     def describe_base(self, checkpoint_dir: str) -> tuple[AceStepConfig, str]:
         return AceStepConfig.from_upstream(self.hparams.base, source="synthetic base"), checkpoint_dir
 
-    def load_base(self, dtype: torch.dtype, device: torch.device) -> tuple[torch.nn.Module, torch.Tensor]:
+    def load_base(self, dtype: torch.dtype, device: torch.device, quantize: str = "none") -> tuple[torch.nn.Module, torch.Tensor]:
         dtype = self.hparams.base_dtype or dtype
         null = torch.randn(1, self.config.encoder_hidden_size, generator=torch.Generator().manual_seed(1)).to(dtype)
         if self.hparams.weights == "meta":

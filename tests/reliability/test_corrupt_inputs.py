@@ -69,6 +69,7 @@ def test_failed_save_leaves_the_previous_checkpoint(tmp_path, monkeypatch):
     """Disk full mid-save: one clear error, the old last.ckpt bitwise intact, no temp file left behind."""
     io, path = AtomicCheckpointIO(), tmp_path / "last.ckpt"
     io.save_checkpoint({"global_step": 4, "state_dict": {"w": torch.ones(3)}}, path)
+    io.wait()  # written in the background: its error (if any) comes with the next save or wait
     before = path.read_bytes()
 
     def full_disk(obj, f):
@@ -78,6 +79,7 @@ def test_failed_save_leaves_the_previous_checkpoint(tmp_path, monkeypatch):
     monkeypatch.setattr(checkpoint_io.torch, "save", full_disk)
     with pytest.raises(HousevoxError, match="No space left on device.*previous checkpoint is untouched"):
         io.save_checkpoint({"global_step": 5, "state_dict": {"w": torch.zeros(3)}}, path)
+        io.wait()
     TRIED.append("ENOSPC during checkpoint save")
     assert path.read_bytes() == before and [p.name for p in tmp_path.iterdir()] == ["last.ckpt"]
 
