@@ -248,3 +248,33 @@ def test_ddp_ranks_add_the_gradient_buckets_a_single_process_frees():
     shape = RunShape(rank=8, gradient_checkpointing=False)
     assert memory.memory_lint(base, shape, budget)[1] == []
     assert "exceeds" in memory.memory_lint(base, shape, budget, ranks=2)[1][0]
+
+
+def test_render_peak_adds_encoders_vae_and_the_larger_of_sampler_and_decode_to_the_resident_state(tiny_checkpoint):
+    base = json.loads((tiny_checkpoint / "config.json").read_text())
+    p = predict(base, RunShape(rank=8))
+    short, wide, long = (memory.render_peak(base, p, takes, frames, tiny_checkpoint)
+                         for takes, frames in ((1, 50), (4, 50), (1, 300)))
+    assert short.resident == p.peak[FROZEN] + p.peak[LORA] + p.peak[OPTIMIZER], "gradients are freed before a render"
+    assert short.allocated > short.resident + short.encoders + short.vae > short.resident
+    assert wide.sampler > short.sampler, "CFG batch 2 x takes"
+    assert long.sampler > short.sampler and long.decode > short.decode and long.allocated > short.allocated
+    assert str(tiny_checkpoint) in "; ".join(short.sources), "encoders and VAE read from the checkpoint's files"
+    config_only = memory.render_peak(base, p, 1, 50)
+    assert "published config" in "; ".join(config_only.sources) and config_only.encoders > short.encoders
+
+
+def test_lint_prints_the_xl_render_peaks_and_warns_when_a_configured_preview_does_not_fit(tmp_path, capsys):
+    code, out, err = cli(["lint", "--config", "configs/house_vocal_beast_v2.yaml", "--preset", "xl"], capsys)
+    assert code == 0, err
+    training = float(out.split(" GiB on the card")[0].rsplit("= ", 1)[1])
+    renders = [line for line in out.splitlines() if "render peak (" in line]
+    assert len(renders) == 2 and "preview: 1 take(s) x 10 s, not configured" in renders[0]
+    assert all(float(line.split(" GiB on the card")[0].rsplit("= ", 1)[1]) > training for line in renders)
+    between = (training + float(renders[0].split(" GiB on the card")[0].rsplit("= ", 1)[1])) / 2
+    _, quiet, _ = cli(["lint", "--config", "configs/house_vocal_beast_v2.yaml", "--preset", "xl", "--gpu-memory",
+                       f"{between:.2f}"], capsys)
+    assert "preview render" not in quiet, "no preview configured: no warning"
+    _, loud, _ = cli(["lint", "--config", "configs/house_vocal_beast_v2.yaml", "--preset", "xl", "--gpu-memory",
+                      f"{between:.2f}", "--model.sample_every_n_epochs", "1"], capsys)
+    assert "warning: preview render: predicted" in loud and "sample_every_n_epochs: 0" in loud

@@ -19,18 +19,13 @@ from housevox import atomic
 from housevox.acestep.checkpoint import TEXT_ENCODER_DIRNAME
 from housevox.acestep.config import AceStepConfig
 from housevox.acestep.modules import build_condition_encoder, build_dit
-from housevox.acestep.presets import PRESETS
+from housevox.acestep.presets import PRESETS, REAL_VAE
 from housevox.errors import HousevoxError, UsageError, run_cli
 from housevox.seeding import isolated_global_rng
 
 TINY_VAE = dict(
     encoder_hidden_size=8, downsampling_ratios=[2, 4, 4, 6, 10], channel_multiples=[1, 1, 1, 1, 1],
     decoder_channels=4, decoder_input_channels=4, audio_channels=2, sampling_rate=48000,
-)
-# Real Oobleck VAE as ACE-Step ships it: hop 2·4·4·6·10 = 1920 samples → 25 latent frames/s at 48 kHz.
-REAL_VAE = dict(
-    encoder_hidden_size=128, downsampling_ratios=[2, 4, 4, 6, 10], channel_multiples=[1, 2, 4, 8, 16],
-    decoder_channels=128, decoder_input_channels=64, audio_channels=2, sampling_rate=48000,
 )
 _TOKENIZER_CORPUS = """# Instruction
 Fill the audio semantic mask based on the given conditions:

@@ -85,3 +85,9 @@ PRESETS: dict[str, dict[str, Any]] = {
 PRESETS["tiny-2b"] = {k: v for k, v in PRESETS["tiny"].items() if not k.startswith("encoder_")}
 PRESETS["tiny-2b"]["auto_map"] = PRESETS["2b"]["auto_map"]
 PRESETS["tiny-2b"]["fsq_dim"] = PRESETS["tiny"]["hidden_size"]
+
+# Real Oobleck VAE as ACE-Step ships it: hop 2·4·4·6·10 = 1920 samples → 25 latent frames/s at 48 kHz.
+REAL_VAE = dict(
+    encoder_hidden_size=128, downsampling_ratios=[2, 4, 4, 6, 10], channel_multiples=[1, 2, 4, 8, 16],
+    decoder_channels=128, decoder_input_channels=64, audio_channels=2, sampling_rate=48000,
+)

@@ -71,13 +71,14 @@ class RunLint(L.Callback):
 
 def predicted_memory(trainer, pl_module) -> tuple[list[str], list[str]]:
     """The memory lint for this run on this CUDA card (its name picks the step-time peak, its size the budget)."""
-    from housevox.plan.memory import RunShape, card_for, memory_lint  # CUDA runs only: keeps fit's import light
+    from housevox.plan.memory import RunShape, card_for, memory_lint, render_shapes  # CUDA runs only: keeps fit's import light
 
     datamodule = getattr(trainer, "datamodule", None)
     settings = {**dict(pl_module.hparams), "gradient_checkpointing": pl_module.checkpointing}  # auto, decided
     shape = RunShape.from_settings(settings, batch_size=getattr(datamodule, "batch_size", None) or 1)
     props = torch.cuda.get_device_properties(pl_module.device)
-    return memory_lint(pl_module.config.raw, shape, props.total_memory / 2**30, card_for(props.name), trainer.world_size)
+    return memory_lint(pl_module.config.raw, shape, props.total_memory / 2**30, card_for(props.name), trainer.world_size,
+                       renders=render_shapes(settings), checkpoint_dir=settings.get("checkpoint_dir"))
 
 
 def predict_run_time(trainer, pl_module) -> None:

@@ -14,6 +14,10 @@ peak. FLOPs of the same step come from FlopCounterMode. Modelled, not traced (an
 - bitsandbytes' AdamW8bit: its state buffers are allocated by bitsandbytes' own `init_state`
   under fake tensors; its update kernel runs in place and is not run.
 - The CUDA context and cuBLAS workspace: a stated allowance, outside torch's allocator counters.
+
+A preview/eval render mid-training (`render_peak`) keeps the step's resident state but not its gradients, loads
+the encoders and the fp32 VAE (sizes from the checkpoint's files where it has them), and traces one no-grad DiT
+forward at the CFG batch and one VAE tile decode the same way.
 """
 
 import contextlib
@@ -316,6 +320,20 @@ def _quantisable(dit: nn.Module) -> list[nn.Linear]:
     return [m for name, m in dit.layers.named_modules() if type(m) is nn.Linear and ".lora_" not in name]
 
 
+def _fake_module(base: dict, shape: RunShape, dtype: torch.dtype) -> tuple[SyntheticBaseLoRA, FakeTensorMode]:
+    """The run's module with fake weights, and their FakeTensorMode."""
+    housevox_log = logging.getLogger("housevox")
+    level = housevox_log.level
+    housevox_log.setLevel(logging.ERROR)  # the lint already reports the targets; the trace's module must not repeat it
+    try:
+        module = module_for(base, shape, "meta", dtype)
+    finally:
+        housevox_log.setLevel(level)
+    fake = FakeTensorMode()
+    _fake_materialise(module, fake, "cpu")
+    return module, fake
+
+
 def _trace(base: dict, shape: RunShape, dtype: torch.dtype, round_to: int
            ) -> tuple[dict, float, int, list[tuple[int, int]]]:
     """Peak, FLOPs, op count and the quantisable Linears' (out, in) of one fake-tensor trace (cached: suggestions reuse it)."""
@@ -324,15 +342,7 @@ def _trace(base: dict, shape: RunShape, dtype: torch.dtype, round_to: int
 
 @functools.lru_cache(maxsize=16)
 def _cached_trace(base_json: str, shape: RunShape, dtype: torch.dtype, round_to: int):
-    housevox_log = logging.getLogger("housevox")
-    level = housevox_log.level
-    housevox_log.setLevel(logging.ERROR)  # the lint already reports the targets; the trace's module must not repeat it
-    try:
-        module = module_for(json.loads(base_json), shape, "meta", dtype)
-    finally:
-        housevox_log.setLevel(level)
-    fake = FakeTensorMode()
-    _fake_materialise(module, fake, "cpu")
+    module, fake = _fake_module(json.loads(base_json), shape, dtype)
     tracker = LiveBytes(round_to=round_to)
     flops = measure_steps(module, shape, tracker, fake)
     return dict(tracker.peak), flops, tracker.ops, [(m.out_features, m.in_features) for m in _quantisable(module.dit)]
@@ -379,6 +389,159 @@ def predict(base: dict, shape: RunShape, dtype: torch.dtype = torch.bfloat16, ro
     # benchmarks/quantised_load_peak.py measures it on the CPU).
     load = peak[FROZEN] + (transient if shape.quantize_base != "none" else 0)
     return Prediction(shape, peak, flops, tuple(modelled), ops, load)
+
+
+# Qwen3-Embedding-0.6B from its published config (vocab 151669, width 1024, 28 layers, MLP 3072, 16/8 heads of 128),
+# used when no checkpoint folder holds the text encoder's files.
+TEXT_ENCODER_PARAMS = 595_776_512
+PREVIEW_TAKES, PREVIEW_FRAMES = 1, 250  # train/preview.py: one 10 s take
+RENDER_BATCH = 4  # Renderer.render_batch's default sampler batch (eval renders eval_takes in batches of it)
+
+
+@dataclass(frozen=True)
+class RenderPrediction:
+    """Peak of a preview / fit-time eval render mid-training (borrowed_renderer: gradients freed first)."""
+
+    takes: int
+    frames: int
+    resident: int  # frozen base + LoRA + optimizer state, as at the training peak
+    encoders: int  # condition encoder + text encoder, in the model dtype
+    vae: int  # the VAE's fp32 weights
+    sampler: int  # activations of one no-grad DiT forward at batch 2 x takes (CFG)
+    decode: int  # activations of one VAE tile decode
+    sources: tuple[str, ...]
+
+    @property
+    def allocated(self) -> int:
+        """Everything the renderer loads stays for the whole render; sampling and decoding follow one another."""
+        return self.resident + self.encoders + self.vae + max(self.sampler, self.decode)
+
+    @property
+    def on_card_gib(self) -> float:
+        return self.allocated / 2**30 + CUDA_CONTEXT_GIB + CUDA_WORKSPACE_GIB
+
+
+@functools.lru_cache(maxsize=16)
+def _sampler_trace(base_json: str, shape: RunShape, batch: int, frames: int, dtype: torch.dtype, round_to: int) -> int:
+    """Live activation bytes of one no-grad, eval-mode forward of the run's DiT (adapters on) at `batch` x `frames`."""
+    module, fake = _fake_module(json.loads(base_json), shape, dtype)
+    module.dit.eval()
+    sample = synthetic_sample(module.config, frames, shape.cond_len)
+    x = {k: fake.from_tensor(v.expand(batch, *v.shape).contiguous().to(dtype if v.is_floating_point() else v.dtype))
+         for k, v in sample.items()}
+    t = fake.from_tensor(torch.full((batch,), 0.5, dtype=dtype))
+    tracker = LiveBytes(round_to=round_to)
+    for tensor in (*module.parameters(), *module.buffers()):
+        tracker.tag(tensor, FROZEN)  # weights are not the forward's: their views must not count as activations
+    with fake, torch.no_grad(), tracker:
+        for v in (*x.values(), t):
+            tracker.tag(v, ACTIVATIONS)
+        module.dit(x["target_latents"], t, t, x["encoder_hidden_states"], x["context_latents"])
+    return tracker.peak[ACTIVATIONS]
+
+
+@functools.lru_cache(maxsize=4)
+def _decode_trace(vae_json: str, frames: int, round_to: int) -> tuple[int, int]:
+    """(fp32 weight bytes, live activation bytes of one fp32 decode of `frames` latent frames) of the Oobleck VAE."""
+    import warnings
+
+    from diffusers import AutoencoderOobleck
+
+    dims = json.loads(vae_json)
+    with warnings.catch_warnings(), torch.device("meta"):
+        warnings.simplefilter("ignore", FutureWarning)
+        vae = AutoencoderOobleck(**dims)
+    weights = sum(p.numel() * 4 for p in vae.parameters())
+    fake = FakeTensorMode()
+    _fake_materialise(vae, fake, "cpu")
+    tracker = LiveBytes(round_to=round_to)
+    for tensor in (*vae.parameters(), *vae.buffers()):
+        tracker.tag(tensor, FROZEN)
+    with fake, torch.no_grad():
+        latents = torch.empty(1, dims["decoder_input_channels"], frames)
+        with tracker:
+            tracker.tag(latents, ACTIVATIONS)
+            vae.decode(latents)
+    return weights, tracker.peak[ACTIVATIONS]
+
+
+def _tensor_bytes(files, dtype: torch.dtype) -> int:
+    """Bytes of every tensor in these safetensors files once loaded in `dtype` (read from their headers)."""
+    from safetensors import safe_open
+
+    element, total = torch.empty((), dtype=dtype).element_size(), 0
+    for path in files:
+        with safe_open(str(path), "pt") as fh:
+            total += sum(math.prod(fh.get_slice(key).get_shape()) for key in fh.keys()) * element
+    return total
+
+
+def _render_parts(base: dict, checkpoint_dir, dtype: torch.dtype) -> tuple[int, dict, tuple[str, ...]]:
+    """(encoder bytes, VAE dims, sources): from the checkpoint folder's files where it has them, else the configs."""
+    from pathlib import Path
+
+    from housevox.acestep.config import AceStepConfig
+    from housevox.acestep.presets import REAL_VAE
+    from housevox.acestep.modules import build_condition_encoder
+
+    element = torch.empty((), dtype=dtype).element_size()
+    condition = sum(p.numel() for p in build_condition_encoder(AceStepConfig.from_upstream(base)).parameters()) * element
+    text_dir = vae_dir = None
+    if checkpoint_dir and Path(checkpoint_dir).is_dir():
+        from housevox.acestep.checkpoint import locate_checkpoint
+
+        try:
+            found = locate_checkpoint(checkpoint_dir)
+            text_dir, vae_dir = found.text_encoder_dir, found.vae_dir
+        except HousevoxError:
+            pass
+    text_files = sorted(Path(text_dir).glob("*.safetensors")) if text_dir else []
+    if text_files:
+        text, text_source = _tensor_bytes(text_files, dtype), f"text encoder from {text_dir}'s tensors"
+    else:
+        text, text_source = TEXT_ENCODER_PARAMS * element, "text encoder from Qwen3-Embedding-0.6B's published config"
+    vae_config = Path(vae_dir) / "config.json" if vae_dir else None
+    if vae_config is not None and vae_config.is_file():
+        raw = json.loads(vae_config.read_text())
+        vae_dims = {k: raw[k] for k in REAL_VAE if k in raw}
+        vae_source = f"VAE from {vae_config}"
+    else:
+        vae_dims, vae_source = dict(REAL_VAE), "VAE from ACE-Step's Oobleck config"
+    return condition + text, vae_dims, ("condition encoder from the model config", text_source, vae_source)
+
+
+def render_peak(base: dict, p: Prediction, takes: int, frames: int, checkpoint_dir=None,
+                dtype: torch.dtype = torch.bfloat16, round_to: int = CUDA_BLOCK) -> RenderPrediction:
+    """Predicted peak of rendering `takes` takes of `frames` latent frames from the run `p` mid-training.
+
+    Resident: the training peak's frozen weights, LoRA parameters and optimizer state (gradients are
+    freed by borrowed_renderer). Loaded for the render: the encoders (model dtype) and the fp32 VAE.
+    Traced on fake tensors: the DiT's no-grad forward at batch 2 x takes (CFG) and one VAE decode of
+    a tile (decode_tiled's widest). A deeper base is extended linearly from two depths, as `predict`.
+    """
+    from housevox.generate import DECODE_OVERLAP_FRAMES, DECODE_TILE_FRAMES
+
+    traced = replace(p.shape, quantize_base="none", batch_size=1)
+    layers = int(base["num_hidden_layers"])
+    if layers > EXTRAPOLATE_FROM[-1]:
+        low, high = (_sampler_trace(json.dumps(with_depth(base, n), sort_keys=True), traced, 2 * takes, frames, dtype,
+                                    round_to) for n in EXTRAPOLATE_FROM)
+        sampler = round(low + (high - low) * (layers - EXTRAPOLATE_FROM[0]) / (EXTRAPOLATE_FROM[1] - EXTRAPOLATE_FROM[0]))
+    else:
+        sampler = _sampler_trace(json.dumps(base, sort_keys=True), traced, 2 * takes, frames, dtype, round_to)
+    encoders, vae_dims, sources = _render_parts(base, checkpoint_dir, dtype)
+    tile = min(frames, DECODE_TILE_FRAMES + 2 * DECODE_OVERLAP_FRAMES)
+    vae, decode = _decode_trace(json.dumps(vae_dims, sort_keys=True), tile, round_to)
+    resident = p.peak[FROZEN] + p.peak[LORA] + p.peak[OPTIMIZER]
+    return RenderPrediction(takes, frames, resident, encoders, vae, sampler, decode, sources)
+
+
+def describe_render(label: str, r: RenderPrediction, configured: bool) -> str:
+    """The lint's line for one render."""
+    return (f"render peak ({label}: {r.takes} take(s) x {r.frames / 25:g} s{'' if configured else ', not configured'}): "
+            f"{_gib(r.allocated)} allocated = resident weights and optimizer state {_gib(r.resident)} + encoders "
+            f"{_gib(r.encoders)} + VAE {_gib(r.vae)} + max(sampler forward {_gib(r.sampler)}, VAE tile decode "
+            f"{_gib(r.decode)}) = {r.on_card_gib:.2f} GiB on the card ({'; '.join(r.sources)})")
 
 
 def ddp_rank_extra(p: Prediction, bucket_view: bool = True) -> int:
@@ -466,12 +629,26 @@ def cheaper_fits(base: dict, shape: RunShape, budget_gib: float, dtype: torch.dt
         combined = replace(combined, rank=combined.rank // 2)
 
 
-def memory_lint(base: dict, shape: RunShape, budget_gib: float | None = None, gpu: str | None = None, ranks: int = 1
-                ) -> tuple[list[str], list[str]]:
-    """(notes, warnings) for the lint: the prediction (per rank of a `ranks`-process DDP run), and when it exceeds
-    `budget_gib` the cheapest change that fits."""
+def render_shapes(settings: dict) -> list[tuple[str, int, int, bool]]:
+    """(label, takes, frames, configured) of the renders a fit may run mid-training: the preview and the eval."""
+    eval_takes = int(settings.get("eval_takes") or 8)
+    return [("preview", PREVIEW_TAKES, PREVIEW_FRAMES, int(settings.get("sample_every_n_epochs") or 0) > 0),
+            ("eval", min(eval_takes, RENDER_BATCH), SEGMENT_FRAMES, int(settings.get("eval_every_n_epochs") or 0) > 0)]
+
+
+def memory_lint(base: dict, shape: RunShape, budget_gib: float | None = None, gpu: str | None = None, ranks: int = 1,
+                renders: list[tuple[str, int, int, bool]] = (), checkpoint_dir=None) -> tuple[list[str], list[str]]:
+    """(notes, warnings) for the lint: the prediction (per rank of a `ranks`-process DDP run), the render peaks, and
+    when a peak exceeds `budget_gib` the cheapest change that fits (training) or the render that does not fit."""
     p = predict(base, shape)
     notes, warnings = describe(p, gpu, ranks), []
+    for label, takes, frames, configured in renders:
+        r = render_peak(base, p, takes, frames, checkpoint_dir)
+        notes.append(describe_render(label, r, configured))
+        if configured and budget_gib is not None and r.on_card_gib > budget_gib:
+            warnings.append(f"{label} render: predicted {r.on_card_gib:.2f} GiB on the card exceeds its {budget_gib:g} "
+                            f"GiB (resident training state + encoders + VAE + sampler); turn it off "
+                            f"({label if label == 'eval' else 'sample'}_every_n_epochs: 0) or shorten/fewer takes")
     if budget_gib is not None and on_card_gib(p, ranks) > budget_gib:
         tried = cheaper_fits(base, shape, budget_gib, ranks=ranks)
         fits = [label for label, q in tried if on_card_gib(q, ranks) <= budget_gib]

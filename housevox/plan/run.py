@@ -10,7 +10,7 @@ from housevox.acestep import hub
 from housevox.errors import HousevoxError, UsageError
 from housevox.lora.targets import LoRASettings, resolve_targets
 from housevox.plan.lint import lint_notes, lint_run
-from housevox.plan.memory import GPUS, RunShape, memory_lint
+from housevox.plan.memory import GPUS, RunShape, memory_lint, render_shapes
 
 _LORA_FIELDS = ("rank", "alpha", "dropout", "target_modules_str", "attention_type", "bias", "adapter_type",
                 "lokr_factor", "lokr_decompose_both", "lokr_full_matrix", "lokr_rank_dropout")
@@ -89,6 +89,7 @@ def lint_config(run: dict, source: str, *, preset: str | None = None, save_dtype
         quantize_base=run["quantize_base"], compile=bool(run.get("compile")),
     )
     budget = gpu_memory if gpu_memory is not None else (GPUS[gpu][0] if gpu else None)
-    memory_notes, memory_warnings = memory_lint(cfg.raw, shape, budget, gpu)
+    memory_notes, memory_warnings = memory_lint(cfg.raw, shape, budget, gpu, renders=render_shapes(run),
+                                                  checkpoint_dir=run.get("checkpoint_dir"))
     notes = [model_note, *lint_notes(settings, plan=plan, total_steps=total, save_dtype=save_dtype), *memory_notes]
     return notes, warnings + memory_warnings
